@@ -1,0 +1,3 @@
+from prismn.cli import main
+
+main()

@@ -1,0 +1,42 @@
+"""The `prismn` command line. Each group of commands lives in its own module and registers itself."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from prismn.errors import PrismnError
+
+app = typer.Typer(
+    name="prismn",
+    help="Carbon- and latency-aware LLM inference over a swarm of GPU peers.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _register_all() -> None:
+    from prismn.cli import catalog_cmds, demo_cmds, plan_cmds, swarm_cmds
+
+    plan_cmds.register(app)
+    demo_cmds.register(app)
+    swarm_cmds.register(app)
+    catalog_cmds.register(app)
+    try:  # the runtime commands need torch only when they run, not to be listed
+        from prismn.cli import runtime_cmds
+    except ImportError:
+        return
+    runtime_cmds.register(app)
+
+
+_register_all()
+
+
+def main() -> None:
+    try:
+        app()
+    except PrismnError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,142 @@
+"""The cost model: the contract every strategy, the evaluator and every measurement share.
+
+For a route client -> p1 -> ... -> pk -> client, per generated token at batch 1 (DESIGN.md):
+  compute_i  = n_i * t_layer(p_i) [+ t_head on the stage holding the LM head] [+ t_embed]
+  t_layer    = max((layer_bytes + context * kv_bytes) / (ETA_MEM * BW), flops / (ETA_COMPUTE * FLOPS))
+               + LAUNCH_S, unless the peer measured its own s_per_layer for this model and dtype
+  hop        = RTT/2 + bytes / bandwidth + HOP_OVERHEAD_MS, for every hop of the loop
+  energy_i   = compute_i * P_active(p_i) * PUE(p_i); P_active = TDP * ACTIVE_POWER_FRACTION * HOST_OVERHEAD
+  gCO2e_i    = energy_i * intensity(zone_i) / 3.6e6 (operational); embodied and network shown apart
+  memory_i   = weights + KV for the promised context + workspace <= free * (1 - margin) - overhead
+
+The runtime (prismn.runtime) follows the same loop: the client sends token ids to the first stage,
+activations go stage to stage, the last stage samples and returns the token id to the client.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prismn.model import GIB, ModelSpec
+from prismn.swarm import Peer
+
+ETA_MEM = 0.7  # achieved fraction of peak memory bandwidth in batch-1 decode (research §6/§7.3)
+ETA_COMPUTE = 0.5  # achieved fraction of dense fp16 peak FLOP/s
+LAUNCH_S = 30e-6  # per-layer kernel-launch floor of eager decode on a GPU
+ACTIVE_POWER_FRACTION = 0.65  # decode draws well below TDP (research §6: 0.6-0.8 when loaded)
+HOST_OVERHEAD = 1.3  # CPU, DRAM, fans and PSU on top of the GPU (Google 2025: accelerators ~58-75%)
+EMBODIED_SERVER_SHARE_KG = 712.5  # EcoLogits: 5,700 kgCO2e per 8-GPU server
+EMBODIED_LIFETIME_H = 3 * 8760.0  # EcoLogits: 3-year life
+TOKEN_ID_BYTES = 4  # a sampled token id on the client hops
+FRAME_HEADER_BYTES = 96  # wire header per message (prismn.wire)
+
+
+@dataclass(frozen=True)
+class CostOptions:
+    prompt_tokens: int = 256  # prompt length for time-to-first-token and the decode context
+    context_tokens: int = 2048  # KV cache each stage reserves (the context the plan promises)
+    safety_margin: float = 0.10  # fraction of free VRAM left unused
+    overhead_gb: float = 0.0  # fixed per-peer runtime overhead (e.g. CUDA context) in GiB
+    hop_overhead_ms: float = 0.3  # serialise + syscalls + deserialise per hop (benchmarks/runtime.py)
+    k_net_kwh_per_gb: float = 0.002  # marginal network energy (research §6); 0.059 is the allocational figure
+    use_measurements: bool = True  # prefer a peer's measured layer time over datasheet estimates
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.safety_margin < 1:
+            raise ValueError("safety_margin must be in [0, 1)")
+        if self.prompt_tokens < 1 or self.context_tokens < 1:
+            raise ValueError("prompt_tokens and context_tokens must be >= 1")
+
+
+class CostModel:
+    """Per-peer and per-hop costs of one model under one set of options."""
+
+    def __init__(self, spec: ModelSpec, options: CostOptions | None = None):
+        self.spec = spec
+        self.opt = options or CostOptions()
+        self.context = min(self.opt.context_tokens, spec.max_positions)
+
+    # ---- time ----------------------------------------------------------------------------
+    def _measured(self, peer: Peer):
+        if not self.opt.use_measurements or not peer.measurements:
+            return None
+        return peer.measurement_for(self.spec.name, self.spec.dtype)
+
+    def layer_time_s(self, peer: Peer) -> float:
+        m = self._measured(peer)
+        if m is not None:
+            return m.s_per_layer
+        s, ctx = self.spec, self.opt.prompt_tokens
+        mem = (s.layer_bytes + ctx * s.kv_bytes_per_token_per_layer()) / (ETA_MEM * peer.gpu.mem_bw_gbps * 1e9)
+        comp = s.layer_flops_per_token(ctx) / (ETA_COMPUTE * peer.gpu.fp16_tflops * 1e12)
+        return max(mem, comp) + LAUNCH_S
+
+    def head_time_s(self, peer: Peer) -> float:
+        m = self._measured(peer)
+        if m is not None:
+            return m.s_head
+        s = self.spec
+        mem = s.head_bytes / (ETA_MEM * peer.gpu.mem_bw_gbps * 1e9)
+        comp = s.head_flops_per_token / (ETA_COMPUTE * peer.gpu.fp16_tflops * 1e12)
+        return max(mem, comp) + LAUNCH_S
+
+    def embed_time_s(self, peer: Peer) -> float:
+        m = self._measured(peer)
+        return m.s_embed if m is not None else LAUNCH_S
+
+    def prefill_layer_time_s(self, peer: Peer) -> float:
+        """One layer over the whole prompt: compute-bound unless the prompt is tiny."""
+        s, p = self.spec, self.opt.prompt_tokens
+        comp = p * s.layer_flops_per_token(p // 2) / (ETA_COMPUTE * peer.gpu.fp16_tflops * 1e12)
+        return max(self.layer_time_s(peer), comp + LAUNCH_S)
+
+    def time_source(self, peer: Peer) -> str:
+        return "measured" if self._measured(peer) is not None else "datasheet"
+
+    @staticmethod
+    def hop_time_s(rtt_ms: float, nbytes: float, bandwidth_mbps: float, overhead_ms: float) -> float:
+        return rtt_ms / 2000.0 + (nbytes + FRAME_HEADER_BYTES) * 8 / (bandwidth_mbps * 1e6) + overhead_ms / 1000.0
+
+    # ---- power, energy, carbon ---------------------------------------------------------
+    @staticmethod
+    def power_w(peer: Peer) -> float:
+        """Wall power while computing, including host overhead and the site's PUE."""
+        return peer.gpu.tdp_w * ACTIVE_POWER_FRACTION * HOST_OVERHEAD * peer.pue
+
+    @staticmethod
+    def embodied_g_per_s(peer: Peer) -> float:
+        return (peer.gpu.embodied_kgco2e + EMBODIED_SERVER_SHARE_KG) * 1000.0 / (EMBODIED_LIFETIME_H * 3600.0)
+
+    def network_joules(self, nbytes: float) -> float:
+        return nbytes / 1e9 * self.opt.k_net_kwh_per_gb * 3.6e6
+
+    # ---- memory ------------------------------------------------------------------------
+    def stage_bytes(self, n_layers: int, embedding: bool, head: bool) -> float:
+        """Weights + KV cache for the promised context + prefill workspace of one stage."""
+        s = self.spec
+        weights = n_layers * s.layer_bytes
+        if embedding:
+            weights += s.embed_bytes
+        if head:
+            # a tied head shares the embedding's weights when both live on the same peer
+            weights += s.norm_params * s.weight_bytes if (embedding and s.tied) else s.head_bytes
+        kv = n_layers * self.context * s.kv_bytes_per_token_per_layer()
+        workspace = self.opt.prompt_tokens * (s.hidden + s.intermediate) * 2 * s.act_bytes if n_layers else 0.0
+        if head:
+            workspace += s.vocab * 4.0  # last-position logits in fp32
+        return weights + kv + workspace
+
+    def usable_bytes(self, peer: Peer) -> float:
+        return max(0.0, (peer.free_vram_gb * (1 - self.opt.safety_margin) - self.opt.overhead_gb) * GIB)
+
+    def max_layers(self, peer: Peer, embedding: bool, head: bool) -> int:
+        """Most whole layers this peer can hold with the given extras (-1: not even the extras fit)."""
+        usable = self.usable_bytes(peer)
+        base = self.stage_bytes(0, embedding, head)
+        if base > usable:
+            return -1
+        first = self.stage_bytes(1, embedding, head)
+        if first > usable:
+            return 0
+        per_layer = self.spec.layer_bytes + self.context * self.spec.kv_bytes_per_token_per_layer()
+        return min(self.spec.n_layers, 1 + int((usable - first) // per_layer))

@@ -1,0 +1,54 @@
+"""Plans: an ordered list of stages (peer, layer range, embedding/head) plus what a strategy noted."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Stage:
+    peer: str
+    start: int  # first layer held
+    end: int  # one past the last layer held: layers [start, end)
+    embedding: bool = False
+    head: bool = False
+
+    @property
+    def n_layers(self) -> int:
+        return self.end - self.start
+
+
+@dataclass
+class Plan:
+    strategy: str
+    model: str
+    stages: list[Stage]
+    notes: dict[str, Any] = field(default_factory=dict)  # the strategy's own report, e.g. its estimator
+    problems: list[str] = field(default_factory=list)  # why the strategy itself could not place the model
+
+
+@dataclass
+class EvaluatedPlan:
+    """A plan judged by the one evaluator: feasibility, reasons, metrics, per-stage and per-hop detail."""
+
+    plan: Plan
+    feasible: bool
+    problems: list[str]
+    metrics: dict[str, float]
+    stages: list[dict[str, Any]]
+    hops: list[dict[str, Any]]
+    options: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "strategy": self.plan.strategy,
+            "model": self.plan.model,
+            "feasible": self.feasible,
+            "problems": self.problems,
+            "stages": self.stages,
+            "hops": self.hops,
+            "metrics": self.metrics,
+            "notes": self.plan.notes,
+            "assumptions": self.options,
+        }
