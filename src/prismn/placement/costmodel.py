@@ -28,7 +28,7 @@ HOST_OVERHEAD = 1.3  # CPU, DRAM, fans and PSU on top of the GPU (Google 2025: a
 EMBODIED_SERVER_SHARE_KG = 712.5  # EcoLogits: 5,700 kgCO2e per 8-GPU server
 EMBODIED_LIFETIME_H = 3 * 8760.0  # EcoLogits: 3-year life
 TOKEN_ID_BYTES = 4  # a sampled token id on the client hops
-FRAME_HEADER_BYTES = 96  # wire header per message (prismn.wire)
+FRAME_HEADER_BYTES = 190  # wire header per message incl. session id and timing trace (prismn.wire)
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class CostOptions:
     context_tokens: int = 2048  # KV cache each stage reserves (the context the plan promises)
     safety_margin: float = 0.10  # fraction of free VRAM left unused
     overhead_gb: float = 0.0  # fixed per-peer runtime overhead (e.g. CUDA context) in GiB
-    hop_overhead_ms: float = 0.3  # serialise + syscalls + deserialise per hop (benchmarks/runtime.py)
+    hop_overhead_ms: float = 0.8  # per hop inside the real pipeline on CPU (benchmarks/runtime.py: ~0.7-0.9)
     k_net_kwh_per_gb: float = 0.002  # marginal network energy (research §6); 0.059 is the allocational figure
     use_measurements: bool = True  # prefer a peer's measured layer time over datasheet estimates
 
