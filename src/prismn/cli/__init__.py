@@ -18,9 +18,10 @@ app = typer.Typer(
 
 
 def _register_all() -> None:
-    from prismn.cli import catalog_cmds, demo_cmds, plan_cmds, swarm_cmds
+    from prismn.cli import bench_cmds, catalog_cmds, demo_cmds, plan_cmds, swarm_cmds
 
     plan_cmds.register(app)
+    bench_cmds.register(app)
     demo_cmds.register(app)
     swarm_cmds.register(app)
     catalog_cmds.register(app)

@@ -86,3 +86,54 @@ def comparison_table(evs: list[EvaluatedPlan], reference: EvaluatedPlan | None =
                        f"{m['gco2e_per_token'] / r['gco2e_per_token']:.2f}x")
         t.add_row(*row)
     return t
+
+
+def pareto_table(front, baselines: list[EvaluatedPlan]) -> Table:
+    """The Pareto front (slowest first) and, below it, the baselines on the same axes."""
+    metric = front.carbon_metric
+    title = ("Pareto front of exact plans (latency vs carbon)" +
+             ("" if front.complete else " — a subset: steps were skipped or a point was not proven"))
+    t = Table(title=title, title_justify="left")
+    for col in ("#", "ms/token", metric, "peers", "mean grid g/kWh", "optimal"):
+        t.add_column(col, justify="right")
+    for i, ev in enumerate(front.plans, 1):
+        m = ev.metrics
+        t.add_row(str(i), f"{m['latency_ms_per_token']:.2f}", _fmt_g(m[metric]), str(m["peers_used"]),
+                  f"{m['mean_intensity_g_per_kwh']:.0f}", "yes" if ev.plan.notes.get("optimal") else "no")
+    for ev in baselines:
+        m = ev.metrics
+        name = ev.plan.strategy + (f" ({ev.plan.notes['preference']})" if "preference" in ev.plan.notes else "")
+        t.add_row(name, f"{m['latency_ms_per_token']:.2f}", _fmt_g(m[metric]), str(m["peers_used"]),
+                  f"{m['mean_intensity_g_per_kwh']:.0f}", "[red]infeasible[/red]" if not ev.feasible else "baseline")
+    return t
+
+
+def plot_pareto(front, baselines: list[EvaluatedPlan], path, title: str = "") -> None:
+    """Front as a step line, baselines as labelled markers (infeasible ones hollow)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric = front.carbon_metric
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    pts = sorted((e.metrics["latency_ms_per_token"], e.metrics[metric] * 1000) for e in front.plans)
+    ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color="tab:green",
+            label="prismn: exact Pareto points" + ("" if front.complete else " (a subset of the front)"))
+    markers = {"tandemn": "s", "prismn-hackathon": "^", "petals": "D"}
+    for ev in baselines:
+        m = ev.metrics
+        name = ev.plan.strategy + (f" ({ev.plan.notes['preference']})" if "preference" in ev.plan.notes else "")
+        style = {} if ev.feasible else {"facecolors": "none", "edgecolors": "red", "linewidths": 1.5}
+        ax.scatter([m["latency_ms_per_token"]], [m[metric] * 1000], marker=markers.get(ev.plan.strategy, "x"),
+                   s=60, label=name + ("" if ev.feasible else " (infeasible)"), **style)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("latency per token (ms)")
+    ax.set_ylabel(f"{metric.replace('_', ' ')} (mg CO2e)")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -29,16 +29,33 @@ class PlanRequest:
     max_latency_ms: float | None = None
     max_gco2e: float | None = None
     cost: CostOptions = field(default_factory=CostOptions)
+    carbon_scope: str = "operational"  # operational (gco2e_per_token) | total (+ embodied + network)
 
     def __post_init__(self) -> None:
         if self.preference not in PREFERENCES:
             raise PlanError(f"unknown preference {self.preference!r}: use {' or '.join(PREFERENCES)}")
+        if self.carbon_scope not in ("operational", "total"):
+            raise PlanError(f"unknown carbon scope {self.carbon_scope!r}: use operational or total")
 
 
 Strategy = Callable[[ModelSpec, Swarm, PlanRequest], Plan]
+def _prismn(spec: ModelSpec, swarm: Swarm, req: PlanRequest) -> Plan:
+    from prismn.placement.optimal import objective_from_request, plan_optimal
+
+    return plan_optimal(spec, swarm, objective_from_request(req), req.cost)
+
+
+def _petals(spec: ModelSpec, swarm: Swarm, req: PlanRequest) -> Plan:
+    from prismn.placement.petals import plan_petals
+
+    return plan_petals(spec, swarm, req.cost)
+
+
 STRATEGIES: dict[str, Strategy] = {
     "tandemn": lambda spec, swarm, req: tandemn(spec, swarm),
     "prismn-hackathon": lambda spec, swarm, req: prismn_hackathon(spec, swarm, req.preference),
+    "petals": _petals,
+    "prismn": _prismn,
 }
 
 

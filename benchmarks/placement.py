@@ -1,0 +1,223 @@
+"""Placement benchmark: every strategy on the same generated swarms, in one process, one ruler.
+
+    python benchmarks/placement.py [--sizes 15,50,200,1000,10000,100000] [--seeds 3] [--out docs/bench/placement.json]
+
+For each swarm (prismn.swarmgen.generate_swarm, the generator behind `prismn swarm generate`) and
+an 80-layer model (Llama-3.1-70B, bf16), it runs:
+  prismn (latency), prismn (carbon), prismn (least carbon within 1.15x the fastest plan's latency),
+  prismn (least carbon within the hackathon low-carbon plan's latency), tandemn, prismn-hackathon
+  (low-carbon and low-latency) and petals (simulation),
+and records solve time, feasibility, latency and gCO2e per token (operational and total) of each,
+judged by the shared evaluator, plus the ratios of prismn to each baseline. Baselines are time-boxed
+(a timeout is recorded as such). The JSON ends with a summary against the issue's targets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import signal
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from prismn.model import load_model_spec
+from prismn.placement import PlanRequest, evaluate_plan, make_plan
+from prismn.placement.optimal import Engine, Objective, plan_optimal
+from prismn.swarm import parse_swarm
+from prismn.swarmgen import generate_swarm
+
+MODEL = "meta-llama/Llama-3.1-70B"
+DEFAULT_SIZES = [15, 50, 200, 1000, 10_000, 100_000]
+
+
+class Timeout(Exception):
+    pass
+
+
+def _alarm(signum, frame):
+    raise Timeout
+
+
+def timed(fn, limit_s: float | None):
+    """(result, seconds, timed_out)."""
+    if limit_s:
+        signal.signal(signal.SIGALRM, _alarm)
+        signal.setitimer(signal.ITIMER_REAL, limit_s)
+    t0 = time.perf_counter()
+    try:
+        out = fn()
+        return out, time.perf_counter() - t0, False
+    except Timeout:
+        return None, time.perf_counter() - t0, True
+    finally:
+        if limit_s:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+def row(ev, seconds, timed_out=False) -> dict:
+    if ev is None:
+        return {"feasible": False, "timed_out": timed_out, "solve_s": seconds}
+    m = ev.metrics
+    out = {"feasible": ev.feasible, "timed_out": False, "solve_s": seconds,
+           "latency_ms_per_token": m["latency_ms_per_token"], "gco2e_per_token": m["gco2e_per_token"],
+           "gco2e_total_per_token": m["gco2e_total_per_token"], "peers_used": m["peers_used"]}
+    if not ev.feasible:
+        out["problems"] = ev.problems[:3]
+    notes = ev.plan.notes
+    if "optimal" in notes:
+        out["optimal"] = notes["optimal"]
+        out["search"] = {k: v for k, v in notes.get("search", {}).items() if k != "dssr"}
+    return out
+
+
+def run_swarm(n: int, seed: int, spec, baseline_limit_s: float, prismn_limit_s: float) -> dict:
+    sw = parse_swarm(generate_swarm(n, seed))
+    res: dict = {"peers": n, "seed": seed}
+    strategies: dict[str, dict] = {}
+
+    def prismn(obj: Objective):
+        def go():
+            eng = Engine(spec, sw, None, obj.carbon_scope)
+            return evaluate_plan(plan_optimal(spec, sw, obj, engine=eng), spec, sw)
+        ev, s, to = timed(go, prismn_limit_s)
+        return ev, row(ev, s, to)
+
+    ev_fast, strategies["prismn (latency)"] = prismn(Objective("latency"))
+    _, strategies["prismn (carbon)"] = prismn(Objective("carbon"))
+    if ev_fast is not None and ev_fast.feasible:
+        budget = ev_fast.metrics["latency_ms_per_token"] * 1.15
+        _, strategies["prismn (carbon, latency <= 1.15x fastest)"] = prismn(Objective("carbon", max_latency_ms=budget))
+    for name, pref in (("tandemn", "low-carbon"), ("prismn-hackathon", "low-carbon"),
+                       ("prismn-hackathon", "low-latency"), ("petals", "low-latency")):
+        label = name + (f" ({pref})" if name == "prismn-hackathon" else "")
+        ev, s, to = timed(lambda name=name, pref=pref: make_plan(name, spec, sw, PlanRequest(preference=pref)),
+                          baseline_limit_s)
+        strategies[label] = row(ev, s, to)
+    hack = strategies["prismn-hackathon (low-carbon)"]
+    if hack.get("feasible"):
+        _, strategies["prismn (carbon, latency <= hackathon low-carbon)"] = prismn(
+            Objective("carbon", max_latency_ms=hack["latency_ms_per_token"]))
+    res["strategies"] = strategies
+    # ratios of prismn to each baseline (feasible pairs only)
+    ratios = {}
+    for ours in ("prismn (latency)", "prismn (carbon)"):
+        a = strategies[ours]
+        if not a.get("feasible"):
+            continue
+        for base in ("tandemn", "prismn-hackathon (low-carbon)", "prismn-hackathon (low-latency)", "petals"):
+            b = strategies[base]
+            if b.get("feasible"):
+                ratios[f"{ours} / {base}"] = {
+                    "latency": a["latency_ms_per_token"] / b["latency_ms_per_token"],
+                    "gco2e": a["gco2e_per_token"] / b["gco2e_per_token"]}
+    res["ratios"] = ratios
+    return res
+
+
+def summarise(results: list[dict]) -> dict:
+    s: dict = {}
+    by = lambda n: [r for r in results if r["peers"] == n]  # noqa: E731
+    # feasibility
+    s["prismn_infeasible_when_a_baseline_is_feasible"] = sum(
+        1 for r in results for k in ("prismn (latency)", "prismn (carbon)")
+        if not r["strategies"][k].get("feasible") and not r["strategies"][k].get("timed_out")
+        and any(v.get("feasible") for kk, v in r["strategies"].items() if not kk.startswith("prismn (")))
+    s["baseline_infeasible_plans"] = {k: sum(1 for r in results if k in r["strategies"] and not r["strategies"][k].get("feasible"))
+                                      for k in ("tandemn", "prismn-hackathon (low-carbon)", "prismn-hackathon (low-latency)", "petals")}
+    # carbon vs hackathon (200 peers)
+    rows200 = [r for r in by(200) if r["strategies"]["prismn-hackathon (low-carbon)"].get("feasible")
+               and r["strategies"]["prismn (carbon)"].get("feasible")]
+    if rows200:
+        cr = [r["strategies"]["prismn (carbon)"]["gco2e_per_token"] /
+              r["strategies"]["prismn-hackathon (low-carbon)"]["gco2e_per_token"] for r in rows200]
+        lr = [r["strategies"]["prismn (carbon)"]["latency_ms_per_token"] /
+              r["strategies"]["prismn-hackathon (low-carbon)"]["latency_ms_per_token"] for r in rows200]
+        bounded = [r["strategies"].get("prismn (carbon, latency <= hackathon low-carbon)", {}) for r in rows200]
+        bcr = [b["gco2e_per_token"] / r["strategies"]["prismn-hackathon (low-carbon)"]["gco2e_per_token"]
+               for b, r in zip(bounded, rows200, strict=False) if b.get("feasible")]
+        s["carbon_vs_hackathon_200"] = {
+            "swarms": len(rows200), "mean_gco2e_ratio": statistics.fmean(cr), "gco2e_ratios": cr,
+            "latency_ratios": lr, "latency_no_worse_on": sum(x <= 1 + 1e-9 for x in lr),
+            "with_latency_bound_mean_gco2e_ratio": statistics.fmean(bcr) if bcr else None,
+            "target": "mean gCO2e ratio <= 0.5 with latency no worse"}
+    # latency vs petals
+    pairs = [(r["peers"], r["seed"], r["strategies"]["prismn (latency)"], r["strategies"]["petals"]) for r in results]
+    s["latency_vs_petals"] = {
+        "swarms_compared": sum(1 for *_, a, b in pairs if a.get("feasible") and b.get("feasible")),
+        "prismn_no_worse_on": sum(1 for *_, a, b in pairs if a.get("feasible") and b.get("feasible")
+                                  and a["latency_ms_per_token"] <= b["latency_ms_per_token"] * (1 + 1e-9)),
+        "ratios": [(n, sd, a["latency_ms_per_token"] / b["latency_ms_per_token"]) for n, sd, a, b in pairs
+                   if a.get("feasible") and b.get("feasible")]}
+    # 1.15x budget
+    red = []
+    for r in by(200):
+        a, b = r["strategies"]["prismn (latency)"], r["strategies"].get("prismn (carbon, latency <= 1.15x fastest)", {})
+        if a.get("feasible") and b.get("feasible"):
+            red.append(1 - b["gco2e_per_token"] / a["gco2e_per_token"])
+    if red:
+        s["carbon_saved_within_1.15x_latency_200"] = {"median": statistics.median(red), "all": red,
+                                                      "target": "median >= 0.40"}
+    # solve times
+    times = {}
+    for n in sorted({r["peers"] for r in results}):
+        t = {}
+        for k in ("prismn (latency)", "prismn (carbon)", "prismn (carbon, latency <= 1.15x fastest)",
+                  "prismn-hackathon (low-carbon)", "petals", "tandemn"):
+            v = [r["strategies"][k]["solve_s"] for r in by(n) if k in r["strategies"]]
+            if v:
+                t[k] = {"median_s": statistics.median(v), "max_s": max(v),
+                        "timeouts": sum(r["strategies"][k].get("timed_out", False) for r in by(n) if k in r["strategies"])}
+        times[n] = t
+    s["solve_times"] = times
+    s["time_targets"] = {"1000": "<= 0.05 s", "10000": "<= 1 s", "100000": "<= 10 s"}
+    return s
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default=",".join(map(str, DEFAULT_SIZES)))
+    ap.add_argument("--seeds", type=int, default=3, help="seeds per size (sizes >= 10,000 use 1)")
+    ap.add_argument("--baseline-limit", type=float, default=300.0, help="seconds per baseline run")
+    ap.add_argument("--prismn-limit", type=float, default=600.0, help="seconds per prismn run")
+    ap.add_argument("--out", default="docs/bench/placement.json")
+    ap.add_argument("--pareto-png", default="docs/bench/pareto.png", help="Pareto chart of one 200-peer swarm")
+    args = ap.parse_args(argv)
+    spec = load_model_spec(MODEL, "bf16")
+    sizes = [int(x) for x in args.sizes.split(",") if x]
+    results = []
+    for n in sizes:
+        for seed in range(args.seeds if n < 10_000 else 1):
+            t0 = time.perf_counter()
+            r = run_swarm(n, seed, spec, args.baseline_limit, args.prismn_limit)
+            results.append(r)
+            st = r["strategies"]
+            print(f"{n:>7} peers seed {seed}: " + "; ".join(
+                f"{k} {v.get('latency_ms_per_token', float('nan')):.1f} ms {v.get('gco2e_per_token', float('nan')) * 1e3:.3f} mg "
+                f"{v['solve_s']:.3f}s{'' if v.get('feasible') else ' INFEASIBLE'}{' TIMEOUT' if v.get('timed_out') else ''}"
+                for k, v in st.items()) + f"  [{time.perf_counter() - t0:.1f}s]", flush=True)
+    out = {"model": MODEL, "dtype": "bf16", "layers": spec.n_layers, "machine": {
+        "python": sys.version.split()[0], "platform": platform.platform(), "numpy": np.__version__},
+        "summary": summarise(results), "results": results}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=1, default=float) + "\n")
+    print(json.dumps(out["summary"], indent=1, default=float))
+    if args.pareto_png and 200 in sizes:
+        from prismn.cli.render import plot_pareto
+        from prismn.placement.pareto import pareto_front
+        sw = parse_swarm(generate_swarm(200, 0))
+        front = pareto_front(spec, sw, max_points=30)
+        base = [make_plan(n_, spec, sw, PlanRequest(preference=p)) for n_, p in
+                (("tandemn", "low-carbon"), ("prismn-hackathon", "low-carbon"), ("prismn-hackathon", "low-latency"),
+                 ("petals", "low-latency"))]
+        plot_pareto(front, base, args.pareto_png, title=f"{MODEL} (bf16) on generated swarm, 200 peers, seed 0")
+        print(f"wrote {args.pareto_png} ({len(front.plans)} points, complete={front.complete})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,239 @@
+"""Per-peer costs of one (model, swarm, options) as numpy arrays, computed exactly as the evaluator does.
+
+The placement engine optimises the evaluator's own metrics, so every number here is produced by the
+same CostModel methods (once per GPU type, or per peer when it reported measurements) and combined
+in the same floating-point order as `evaluate_plan`. Everything the evaluator sums is additive over
+stages and hops, which is what makes a shortest-path formulation exact:
+
+  latency  = sum_i [n_i * t_layer(p_i)] + t_embed(p_1) + t_head(p_k) + sum over hops of hop_time
+  carbon   = sum_i t_i * P(p_i) * I(p_i) / 3.6e6                         (operational, the default)
+  total    = carbon + embodied (t_i * e(p_i)) + network carbon
+
+Network carbon is per hop j_bytes * mean(intensity of the hop's peer ends) / 3.6e6. Because each
+peer of the loop client -> p1 -> ... -> pk -> client touches exactly two hops, it splits exactly into
+per-peer terms that depend only on the peer's role (first, middle, last, only), never on the order.
+So only latency depends on the order of the stages; carbon depends on the set and the layer counts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from prismn import geo
+from prismn.model import GIB, ModelSpec
+from prismn.placement.costmodel import (
+    FRAME_HEADER_BYTES,
+    TOKEN_ID_BYTES,
+    CostModel,
+    CostOptions,
+)
+from prismn.swarm import CLIENT, Swarm
+
+ROLES = ("only", "first", "middle", "last")  # only = one stage holds embedding, all layers and head
+CARBON_SCOPES = ("operational", "total")
+
+
+@dataclass
+class Metric:
+    """One additive metric (seconds of latency, or grams of CO2e) of a stage and of a hop."""
+
+    name: str
+    per_layer: np.ndarray  # cost of one layer on each peer
+    fixed: dict[str, np.ndarray]  # per role: extras (embedding/head compute, network-carbon share)
+    hop_weight: float  # 1.0 when the metric pays hop time (latency), 0.0 otherwise
+
+
+class Instance:
+    """Everything the solvers need about every peer, vectorised. Index i is swarm.peers[i]."""
+
+    def __init__(self, spec: ModelSpec, swarm: Swarm, options: CostOptions | None = None,
+                 carbon_scope: str = "operational"):
+        if carbon_scope not in CARBON_SCOPES:
+            raise ValueError(f"carbon_scope must be one of {', '.join(CARBON_SCOPES)}")
+        self.spec, self.swarm = spec, swarm
+        self.cm = cm = CostModel(spec, options)
+        self.opt = cm.opt
+        self.carbon_scope = carbon_scope
+        self.L = spec.n_layers
+        peers = swarm.peers
+        n = self.n = len(peers)
+
+        # ---- times: once per GPU for datasheet peers, per peer where it measured itself ----------
+        lt, ht, et = np.empty(n), np.empty(n), np.empty(n)
+        by_gpu: dict[str, tuple[float, float, float]] = {}
+        self.measured_time = np.zeros(n, dtype=bool)
+        for i, p in enumerate(peers):
+            if cm._measured(p) is not None:
+                lt[i], ht[i], et[i] = cm.layer_time_s(p), cm.head_time_s(p), cm.embed_time_s(p)
+                self.measured_time[i] = True
+                continue
+            t = by_gpu.get(p.gpu.name)
+            if t is None:
+                t = by_gpu[p.gpu.name] = (cm.layer_time_s(p), cm.head_time_s(p), cm.embed_time_s(p))
+            lt[i], ht[i], et[i] = t
+        self.lt, self.ht, self.et = lt, ht, et
+
+        self.power = self._power(peers)
+        self.intensity = np.array([p.intensity.g_per_kwh for p in peers])
+        self.embodied = self._embodied(peers)
+        self.bw = np.array([p.bandwidth_mbps for p in peers])
+        self.lat = np.array([p.lat for p in peers])
+        self.lon = np.array([p.lon for p in peers])
+        self.free = np.array([p.free_vram_gb for p in peers])
+
+        # ---- memory: the most whole layers a peer holds in each role (CostModel.max_layers) -------
+        self.caps = {role: self._caps(*flags) for role, flags in
+                     (("only", (True, True)), ("first", (True, False)), ("middle", (False, False)),
+                      ("last", (False, True)))}
+
+        # ---- peers whose hops do not follow the distance estimate ----------------------------------
+        self.rtt_measured = np.zeros(n, dtype=bool)
+        self.client_measured = False
+        for a, b in swarm.rtt_overrides:
+            for end in (a, b):
+                if end == CLIENT:
+                    self.client_measured = True
+                else:
+                    self.rtt_measured[swarm.index[end]] = True
+        self.any_measured = bool(swarm.rtt_overrides)
+
+        # ---- metrics --------------------------------------------------------------------------------
+        act = spec.activation_bytes_per_token
+        self.act_bytes = act
+        self.latency = Metric("latency", lt.copy(), {"only": et + ht, "first": et.copy(), "middle": np.zeros(n),
+                                                     "last": ht.copy()}, 1.0)
+        rate = self.power * self.intensity / 3.6e6  # grams per second of compute (operational)
+        if carbon_scope == "total":
+            rate = rate + self.embodied
+        j_tok = cm.network_joules(TOKEN_ID_BYTES)
+        j_act = cm.network_joules(act)
+        if carbon_scope == "total":
+            net = {"only": 2 * j_tok * self.intensity / 3.6e6,
+                   "first": (j_tok + j_act / 2) * self.intensity / 3.6e6,
+                   "middle": j_act * self.intensity / 3.6e6,
+                   "last": (j_tok + j_act / 2) * self.intensity / 3.6e6}
+        else:
+            net = {r: np.zeros(n) for r in ROLES}
+        self.carbon = Metric(
+            "carbon", lt * rate,
+            {"only": (et + ht) * rate + net["only"], "first": et * rate + net["first"],
+             "middle": net["middle"], "last": ht * rate + net["last"]}, 0.0)
+
+    # ------------------------------------------------------------------------------------------------
+    def _power(self, peers) -> np.ndarray:
+        # same expression and order as CostModel.power_w: tdp * ACTIVE * HOST * pue
+        from prismn.placement.costmodel import ACTIVE_POWER_FRACTION, HOST_OVERHEAD
+
+        tdp = np.array([p.gpu.tdp_w for p in peers])
+        pue = np.array([p.pue for p in peers])
+        return tdp * ACTIVE_POWER_FRACTION * HOST_OVERHEAD * pue
+
+    def _embodied(self, peers) -> np.ndarray:
+        cache: dict[str, float] = {}
+        out = np.empty(len(peers))
+        for i, p in enumerate(peers):
+            v = cache.get(p.gpu.name)
+            if v is None:
+                v = cache[p.gpu.name] = self.cm.embodied_g_per_s(p)
+            out[i] = v
+        return out
+
+    def _caps(self, embedding: bool, head: bool) -> np.ndarray:
+        """Vectorised CostModel.max_layers, checked against stage_bytes exactly as the evaluator checks."""
+        cm, s = self.cm, self.spec
+        usable = np.maximum(0.0, (self.free * (1 - self.opt.safety_margin) - self.opt.overhead_gb) * GIB)
+        base = cm.stage_bytes(0, embedding, head)
+        first = cm.stage_bytes(1, embedding, head)
+        per_layer = s.layer_bytes + cm.context * s.kv_bytes_per_token_per_layer()
+        extra = np.floor_divide(np.maximum(usable - first, 0.0), per_layer)
+        cap = np.minimum(self.L, 1 + extra).astype(np.int64)
+        cap = np.where(first > usable, 0, cap)
+        cap = np.where(base > usable, -1, cap)
+        # guard the floating-point edge: the evaluator recomputes stage_bytes(n) and compares it
+        bad = np.nonzero((cap >= 1) & (self._stage_bytes_vec(cap, embedding, head) > usable))[0]
+        for i in bad:
+            c = int(cap[i])
+            while c >= 1 and cm.stage_bytes(c, embedding, head) > usable[i]:
+                c -= 1
+            cap[i] = c
+        self.usable = usable
+        return cap
+
+    def _stage_bytes_vec(self, n: np.ndarray, embedding: bool, head: bool) -> np.ndarray:
+        """CostModel.stage_bytes for n >= 1, elementwise, in the same floating-point order."""
+        s, cm = self.spec, self.cm
+        nf = n.astype(float)
+        weights = nf * s.layer_bytes
+        if embedding:
+            weights = weights + s.embed_bytes
+        if head:
+            weights = weights + (s.norm_params * s.weight_bytes if (embedding and s.tied) else s.head_bytes)
+        kv = nf * cm.context * s.kv_bytes_per_token_per_layer()
+        workspace = self.opt.prompt_tokens * (s.hidden + s.intermediate) * 2 * s.act_bytes
+        if head:
+            workspace += s.vocab * 4.0
+        return weights + kv + workspace
+
+    # ------------------------------------------------------------------------------------------------
+    def rtt_ms(self, idx_a: np.ndarray, idx_b: np.ndarray) -> np.ndarray:
+        """RTT matrix between two index lists; index -1 is the client. Measured values win."""
+        def coords(idx):
+            lat = np.where(idx < 0, self.swarm.coordinator.lat, self.lat[np.maximum(idx, 0)])
+            lon = np.where(idx < 0, self.swarm.coordinator.lon, self.lon[np.maximum(idx, 0)])
+            return lat, lon
+
+        la, oa = coords(idx_a)
+        lb, ob = coords(idx_b)
+        m = np.asarray(geo.estimate_rtt_ms(geo.haversine_matrix_km(la, oa, lb, ob)), dtype=float)
+        same = idx_a[:, None] == idx_b[None, :]
+        m[same] = 0.0
+        if self.any_measured:
+            peers = self.swarm.peers
+            ids_a = [CLIENT if i < 0 else peers[i].id for i in idx_a]
+            ids_b = [CLIENT if i < 0 else peers[i].id for i in idx_b]
+            pos_b = {pid: k for k, pid in enumerate(ids_b)}
+            for ra, pa in enumerate(ids_a):
+                for (x, y), v in self.swarm.rtt_overrides.items():
+                    if x == pa and y in pos_b:
+                        m[ra, pos_b[y]] = v
+        return m
+
+    def hop_time_matrix(self, idx: np.ndarray) -> np.ndarray:
+        """(m+1) x (m+1) hop times in seconds among peers `idx`; the last row/column is the client.
+
+        Same expression as CostModel.hop_time_s with the evaluator's bytes and bandwidth rules.
+        """
+        full = np.concatenate([idx, [-1]])
+        rtt = self.rtt_ms(full, full)
+        bw = np.concatenate([self.bw[idx], [np.inf]])
+        pair_bw = np.minimum(bw[:, None], bw[None, :])
+        m = len(idx)
+        nbytes = np.full((m + 1, m + 1), float(self.act_bytes))
+        nbytes[m, :] = TOKEN_ID_BYTES
+        nbytes[:, m] = TOKEN_ID_BYTES
+        h = rtt / 2000.0 + (nbytes + FRAME_HEADER_BYTES) * 8 / (pair_bw * 1e6) + self.opt.hop_overhead_ms / 1000.0
+        np.fill_diagonal(h, np.inf)  # a peer never hands over to itself; client -> client is no plan
+        return h
+
+    def hop_lower_bounds(self) -> tuple[float, float]:
+        """Smallest possible client hop and peer-to-peer hop (seconds), for any pair of peers."""
+        rtt_min = geo.FIXED_MS
+        if self.any_measured:
+            rtt_min = min(rtt_min, min(self.swarm.rtt_overrides.values()))
+        bw_max = float(self.bw.max()) if self.n else 1.0
+        ovh = self.opt.hop_overhead_ms / 1000.0
+        tok = rtt_min / 2000.0 + (TOKEN_ID_BYTES + FRAME_HEADER_BYTES) * 8 / (bw_max * 1e6) + ovh
+        act = rtt_min / 2000.0 + (self.act_bytes + FRAME_HEADER_BYTES) * 8 / (bw_max * 1e6) + ovh
+        return tok, act
+
+    def client_distance_s(self) -> np.ndarray:
+        """Distance part of the one-way delay client<->peer (s): ROUTE_FACTOR * d / V_FIBRE.
+
+        Any loop through the client and peer q travels at least twice this (triangle inequality on the
+        great circle), as long as no hop of the loop uses a measured RTT.
+        """
+        c = self.swarm.coordinator
+        d = geo.haversine_matrix_km(np.array([c.lat]), np.array([c.lon]), self.lat, self.lon)[0]
+        return geo.ROUTE_FACTOR * d / geo.V_FIBRE_KM_PER_MS / 1000.0

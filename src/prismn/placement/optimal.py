@@ -1,0 +1,545 @@
+"""Strategy `prismn`: the exact least-latency / least-carbon plan under memory constraints.
+
+Problem (docs/placement.md): choose distinct peers p1..pk, k >= 1, and layer counts n_i >= 1 with
+sum n_i = L and n_i <= cap(p_i, role_i) (CostModel.max_layers: the first stage also holds the
+embedding, the last the LM head, a single stage both), minimising the evaluator's own metric for the
+loop client -> p1 -> ... -> pk -> client:
+  * objective `latency`: latency_ms_per_token;
+  * objective `carbon`: gco2e_per_token (operational; `carbon_scope="total"` adds embodied and
+    network carbon, i.e. gco2e_total_per_token);
+  * objective `balanced`, weight w in [0, 1]:  (1 - w) * latency / latency* + w * carbon / carbon*,
+    with latency* and carbon* the two single-objective optima (so both terms are 1 at their best);
+  * bounds: least carbon with latency <= max_latency_ms, least latency with carbon <= max_gco2e.
+Ties are broken by the other metric (carbon for latency, latency for carbon and balanced).
+
+How (all steps are exact, see search.py for the search itself):
+  1. per-peer costs as arrays (instance.py), the same numbers the evaluator computes;
+  2. a lower bound LB(q) on every plan that uses peer q (its own cheapest use + the cheapest fill of
+     the other layers by per-layer cost + the least possible hops, including the round trip from the
+     client to q); peers with LB(q) above a feasible plan's cost (or above a bound) cannot be in an
+     optimal plan and are dropped;
+  3. dominance: a peer at the same location as K others that are each at least as good in every
+     cost term, every role's capacity and bandwidth is dropped, where K bounds the number of stages
+     of an optimal plan (swapping it for an unused dominator never makes a plan worse);
+  4. best-first search with admissible bounds over the survivors.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from prismn.errors import PlanError
+from prismn.model import GIB, ModelSpec
+from prismn.placement.costmodel import CostOptions
+from prismn.placement.instance import ROLES, Instance
+from prismn.placement.plan import Plan, Stage
+from prismn.placement.search import INF, Costs, Result, Search, dssr, relaxed_bounds, through_bounds
+from prismn.swarm import Swarm
+
+OBJECTIVES = ("latency", "carbon", "balanced")
+STRATEGY = "prismn"
+
+
+@dataclass(frozen=True)
+class Objective:
+    kind: str = "latency"  # latency | carbon | balanced
+    weight: float = 0.5  # balanced: share of carbon
+    max_latency_ms: float | None = None
+    max_gco2e: float | None = None
+    carbon_scope: str = "operational"
+
+    def __post_init__(self) -> None:
+        if self.kind not in OBJECTIVES:
+            raise PlanError(f"unknown objective {self.kind!r}: use {', '.join(OBJECTIVES)}")
+        if not 0.0 <= self.weight <= 1.0:
+            raise PlanError(f"--weight {self.weight} is outside [0, 1]: 0 is all latency, 1 all carbon")
+        if self.kind == "balanced" and self.max_latency_ms is not None and self.max_gco2e is not None:
+            raise PlanError("balanced takes one bound at a time: give --max-latency-ms or --max-gco2e, not both")
+        for name, v in (("--max-latency-ms", self.max_latency_ms), ("--max-gco2e", self.max_gco2e)):
+            if v is not None and not v > 0:
+                raise PlanError(f"{name} must be > 0")
+
+    @property
+    def carbon_metric(self) -> str:
+        return "gco2e_total_per_token" if self.carbon_scope == "total" else "gco2e_per_token"
+
+    def label(self) -> str:
+        s = self.kind + (f" (weight {self.weight:g})" if self.kind == "balanced" else "")
+        if self.max_latency_ms is not None:
+            s += f", latency <= {self.max_latency_ms:g} ms"
+        if self.max_gco2e is not None:
+            s += f", carbon <= {self.max_gco2e:g} g"
+        return s
+
+
+def objective_from_request(req) -> Objective:
+    kind = req.objective
+    if kind is None:
+        if req.max_latency_ms is not None:
+            kind = "carbon"
+        elif req.max_gco2e is not None:
+            kind = "latency"
+        else:
+            kind = "carbon" if req.preference == "low-carbon" else "latency"
+    return Objective(kind, req.weight, req.max_latency_ms, req.max_gco2e,
+                     getattr(req, "carbon_scope", "operational"))
+
+
+# ---------------------------------------------------------------------------------------------------
+@dataclass
+class Solution:
+    stages: list[tuple[int, int, str]]  # (peer index in the swarm, layers, role), route order
+    latency_s: float
+    carbon_g: float
+    proven: bool
+    value: float  # the primary objective in the solver's units
+    stats: dict
+
+
+class Engine:
+    """One instance, many solves (objectives, bounds, Pareto points) sharing the per-peer arrays."""
+
+    def __init__(self, spec: ModelSpec, swarm: Swarm, options: CostOptions | None = None,
+                 carbon_scope: str = "operational"):
+        self.inst = Instance(spec, swarm, options, carbon_scope)
+        self.L = self.inst.L
+        inst = self.inst
+        self.usable = np.nonzero(inst.caps["middle"] >= 1)[0]
+        self.tok_lb, self.act_lb = inst.hop_lower_bounds()
+        self.dist = np.zeros(inst.n) if inst.any_measured else inst.client_distance_s()
+
+    # ---- costs ----------------------------------------------------------------------------------
+    def _arrays(self, wl: float, wc: float, idx: np.ndarray):
+        lat, car = self.inst.latency, self.inst.carbon
+        R = wl * lat.per_layer[idx] + wc * car.per_layer[idx]
+        F = {r: wl * lat.fixed[r][idx] + wc * car.fixed[r][idx] for r in ROLES}
+        return R, F
+
+    def costs(self, wl: float, wc: float, idx: np.ndarray, W_lat: np.ndarray | None) -> Costs:
+        R, F = self._arrays(wl, wc, idx)
+        m = len(idx)
+        if wl:
+            W = wl * W_lat
+        else:
+            W = np.zeros((m + 1, m + 1))
+            np.fill_diagonal(W, INF)
+        return Costs(R, F, W)
+
+    # ---- per-peer lower bounds ---------------------------------------------------------------------
+    def peer_lower_bounds(self, wl: float, wc: float) -> np.ndarray:
+        """LB(q): no plan that uses peer q costs less than this (in wl*latency + wc*carbon)."""
+        inst, L, u = self.inst, self.L, self.usable
+        lb = np.full(inst.n, INF)
+        if not len(u):
+            return lb
+        R, F = self._arrays(wl, wc, u)
+        capM = inst.caps["middle"][u]
+        order = np.argsort(R, kind="stable")
+        take = int(np.searchsorted(np.cumsum(np.minimum(capM[order], L)), L)) + 1
+        per_layer = np.repeat(R[order[:take]], np.minimum(capM[order[:take]], L))[:L]
+        N = np.full(L + 1, INF)
+        N[0] = 0.0
+        N[1:len(per_layer) + 1] = np.cumsum(per_layer)
+        fe = F["first"][inst.caps["first"][u] >= 1]
+        fh = F["last"][inst.caps["last"][u] >= 1]
+        fe_min = float(fe.min()) if len(fe) else INF
+        fh_min = float(fh.min()) if len(fh) else INF
+        d = self.dist[u]
+        best = np.full(len(u), INF)
+        for n in range(1, L):
+            v = n * R + N[L - n]
+            best = np.where(capM >= n, np.minimum(best, v), best)
+        multi = best + fe_min + fh_min + wl * (2 * self.tok_lb + self.act_lb + 2 * d)
+        only = np.where(inst.caps["only"][u] >= L, L * R + F["only"] + wl * (2 * self.tok_lb + 2 * d), INF)
+        lb[u] = np.minimum(multi, only)
+        return lb
+
+    def stage_bound(self, wl: float, wc: float, ub: float) -> int:
+        """Most stages a plan costing <= ub can have (each stage adds a hop of >= act_lb seconds)."""
+        if not wl or not math.isfinite(ub):
+            return self.L
+        inst, u, L = self.inst, self.usable, self.L
+        R, F = self._arrays(wl, wc, u)
+        capM = inst.caps["middle"][u]
+        order = np.argsort(R, kind="stable")
+        per_layer = np.repeat(R[order], np.minimum(capM[order], L))[:L]
+        if len(per_layer) < L:
+            return L
+        fe = F["first"][inst.caps["first"][u] >= 1]
+        fh = F["last"][inst.caps["last"][u] >= 1]
+        base = float(per_layer.sum()) + float(min(fe.min(initial=INF), fh.min(initial=INF)))
+        base += wl * 2 * self.tok_lb
+        k = 1 + (ub - base) / (wl * self.act_lb)
+        return int(max(1, min(L, math.floor(k + 1e-9))))
+
+    # ---- dominance ---------------------------------------------------------------------------------
+    def dominance_prune(self, idx: np.ndarray, K: int) -> np.ndarray:
+        """Drop peers that K others at the same location beat or match in every term (see module doc)."""
+        inst = self.inst
+        if len(idx) <= K:
+            return idx
+        lat, car = inst.latency, inst.carbon
+        cols = [lat.per_layer, lat.fixed["first"], lat.fixed["last"], lat.fixed["only"],
+                car.per_layer] + [car.fixed[r] for r in ROLES] + \
+               [-inst.caps[r].astype(float) for r in ROLES] + [-inst.bw]
+        A = np.stack([c[idx] for c in cols], axis=1)  # smaller is better in every column
+        scale = np.abs(A).max(axis=0)
+        scale[scale == 0] = 1.0
+        key = (A / scale).sum(axis=1)
+        movable = ~inst.rtt_measured[idx]
+        keep = np.ones(len(idx), dtype=bool)
+        groups: dict[tuple[float, float], list[int]] = {}
+        for k in np.nonzero(movable)[0]:
+            groups.setdefault((inst.lat[idx[k]], inst.lon[idx[k]]), []).append(int(k))
+        for members in groups.values():
+            if len(members) <= K:
+                continue
+            mem = np.array(sorted(members, key=lambda k: (key[k], k)))
+            kept: list[int] = []
+            for k in mem:
+                if len(kept) >= K:
+                    Ak = A[kept]
+                    if int(np.all(Ak <= A[k], axis=1).sum()) >= K:
+                        keep[k] = False
+                        continue
+                kept.append(int(k))
+        return idx[keep]
+
+    # ---- one exact solve -----------------------------------------------------------------------------
+    def solve(self, wl: float, wc: float, s_metric: str, bound_s: float | None = None,
+              max_pops: int = 400_000, time_limit_s: float = 30.0) -> Solution | None:
+        """Lexicographic min of (wl*latency + wc*carbon, S) with S = latency|carbon, S <= bound_s."""
+        t0 = time.perf_counter()
+        inst = self.inst
+        sl, sc = (1.0, 0.0) if s_metric == "latency" else (0.0, 1.0)
+        lbP = self.peer_lower_bounds(wl, wc)
+        lbS = self.peer_lower_bounds(sl, sc)
+        alive = self.usable[np.isfinite(lbP[self.usable])]
+        if bound_s is not None:
+            alive = alive[lbS[alive] <= bound_s * (1 + 1e-12)]
+        stats: dict = {"peers": inst.n, "usable": len(self.usable), "after_bound_filter": len(alive)}
+        if not len(alive):
+            return None
+        order = alive[np.argsort(lbP[alive], kind="stable")]
+
+        # seed: the most promising peers, enough to hold the model twice over; its optimum is an
+        # upper bound that filters every other peer by its lower bound
+        capM = inst.caps["middle"]
+        cum = np.cumsum(np.minimum(capM[order], self.L))
+        seed_n = max(16, int(np.searchsorted(cum, 2 * self.L)) + 1)
+        inc: Result | None = None
+        while seed_n < len(order):
+            seed_idx = order[:seed_n]
+            inc = self._search(seed_idx, wl, wc, sl, sc, bound_s, None, 20_000, time_limit_s)
+            if inc is not None:
+                break
+            seed_n *= 4
+        # a seed that leaves many peers alive gave a loose bound: grow it (x4) while that pays
+        while inc is not None and seed_n < len(order):
+            alive_n = int((lbP[order] <= inc.P * (1 + 1e-9) + 1e-300).sum())
+            if alive_n <= max(400, 2 * seed_n) or 4 * seed_n > 1024:
+                break
+            seed_n *= 4
+            bigger = order[:seed_n]
+            better = self._search(bigger, wl, wc, sl, sc, bound_s, None, 20_000, time_limit_s)
+            if better is None:
+                break
+            seed_idx, inc = bigger, better
+        if inc is not None:
+            stats["seed"] = len(seed_idx)
+            ub = inc.P
+            cand = order[lbP[order] <= ub * (1 + 1e-9) + 1e-300]
+            stats["after_lb_filter"] = len(cand)
+            cand = self._through_filter(cand, wl, wc, sl, sc, ub, bound_s)
+            stats["after_relaxed_filter"] = len(cand)
+            K = self.stage_bound(wl, wc, ub)
+            if bound_s is not None and sl:
+                K = min(K, self.stage_bound(sl, sc, bound_s))
+            cand = self.dominance_prune(cand, max(K, 1))
+            stats["stage_bound"] = K
+            pos = {int(p): i for i, p in enumerate(cand)}
+            incumbent = [(pos[int(seed_idx[q])], n, r) for q, n, r in inc.stages] \
+                if all(int(seed_idx[q]) in pos for q, _, _ in inc.stages) else None
+        else:
+            cand, incumbent = order, None
+        stats["candidates"] = len(cand)
+        res = self._search(cand, wl, wc, sl, sc, bound_s, incumbent, max_pops, time_limit_s)
+        idx = cand
+        if res is None:
+            return None
+        stages = [(int(idx[q]), n, r) for q, n, r in res.stages]
+        lat, car = self._metrics(stages)
+        stats.update(res.stats)
+        stats["pops"] = res.pops
+        stats["seconds"] = time.perf_counter() - t0
+        if not res.proven:
+            stats["note"] = res.note
+            stats["lower_bound"] = res.lower_bound
+        return Solution(stages, lat, car, res.proven, res.P, stats)
+
+    def _through_filter(self, idx, wl, wc, sl, sc, ub, bound_s) -> np.ndarray:
+        """Keep peers whose relaxed best plan through them is within the incumbent (and the bound)."""
+        if len(idx) > 4000:
+            return idx
+        W_lat = self.inst.hop_time_matrix(idx) if (wl or sl) else None
+        caps = {r: self.inst.caps[r][idx] for r in ROLES}
+        P = self.costs(wl, wc, idx, W_lat)
+        keep = through_bounds(P, caps, self.L, relaxed_bounds(P, caps, self.L)) <= ub * (1 + 1e-9) + 1e-300
+        if bound_s is not None:
+            S = self.costs(sl, sc, idx, W_lat)
+            keep &= through_bounds(S, caps, self.L, relaxed_bounds(S, caps, self.L)) <= bound_s * (1 + 1e-12)
+        return idx[keep]
+
+    def _search(self, idx, wl, wc, sl, sc, bound_s, incumbent, max_pops, time_limit_s) -> Result | None:
+        W_lat = self.inst.hop_time_matrix(idx) if (wl or sl) else None
+        P = self.costs(wl, wc, idx, W_lat)
+        S = self.costs(sl, sc, idx, W_lat)
+        caps = {r: self.inst.caps[r][idx] for r in ROLES}
+        path, value, info = dssr(P, caps, self.L)
+        tables_P = info.pop("tables", None)
+        if bound_s is None:  # scalar objective: decremental state-space relaxation, exact
+            if path is not None:
+                return Result(path, value, _cost(S, path), True, 0, value, stats={"dssr": info})
+            if not math.isfinite(value):
+                return None
+            tables_S = None
+        else:  # bounded: best-first search with the DSSR tables of both metrics as bounds
+            if not math.isfinite(value):
+                return None
+            path_s, value_s, info_s = dssr(S, caps, self.L)
+            tables_S = info_s.pop("tables", None)
+            if value_s > bound_s * (1 + 1e-12):
+                return None
+            if path is not None and _cost(S, path) <= bound_s:  # the unbounded optimum meets the bound
+                return Result(path, value, _cost(S, path), True, 0, value, stats={"dssr": info})
+            if incumbent is None and path_s is not None:
+                incumbent = path_s  # the S-optimal plan meets the bound
+        s = Search(P, S, caps, self.L, bound_s, tables_P=tables_P, tables_S=tables_S)
+        if bound_s is not None and path is not None and path_s is not None:
+            # Lagrangian dual: for lam >= 0, min(P + lam*S) - lam*bound <= the bounded optimum, and every
+            # minimiser of P + lam*S that meets the bound is a feasible plan (a supported Pareto point).
+            # Bisect lam (in log space) for the best bound and the best such plan; the search then uses
+            # P(completion) >= h_lam - lam * (bound - S so far) as one more admissible bound.
+            p1, s1 = value, _cost(S, path)
+            p2, s2 = _cost(P, path_s), value_s
+            lam = (p2 - p1) / (s1 - s2) if s1 > s2 and p2 > p1 else 0.0
+            best_inc = (p2, path_s)
+            if lam > 0:
+                lo, hi = None, None
+                best_dual = (-INF, None, 0.0)
+                for _ in range(8):
+                    comb = P.combine(1.0, S, lam)
+                    pl, vl, info_l = dssr(comb, caps, self.L)
+                    tab = info_l.pop("tables", None)
+                    if pl is None:
+                        break
+                    dual = vl - lam * bound_s
+                    if dual > best_dual[0]:
+                        best_dual = (dual, tab, lam)
+                    sv = _cost(S, pl)
+                    if sv <= bound_s:
+                        pv = _cost(P, pl)
+                        if pv < best_inc[0]:
+                            best_inc = (pv, pl)
+                        hi = lam
+                    else:
+                        lo = lam
+                    lam = math.sqrt(lo * hi) if (lo and hi) else (lam / 4 if hi else lam * 4)
+                if best_dual[1] is not None:
+                    s.lagr = (best_dual[2], best_dual[1])
+            if incumbent is None or _cost(P, incumbent) > best_inc[0]:
+                incumbent = best_inc[1]
+        if incumbent is None:
+            incumbent = s.dive()
+        return s.run(incumbent, max_pops=max_pops, time_limit_s=time_limit_s, tighten=False)
+
+    def _metrics(self, stages: list[tuple[int, int, str]]) -> tuple[float, float]:
+        """Latency (s) and carbon (g, the instance's scope) of a plan, from the arrays."""
+        inst = self.inst
+        idx = np.array([p for p, _, _ in stages])
+        W = inst.hop_time_matrix(idx)
+        m = len(idx)
+        lat = car = 0.0
+        prev = m
+        for k, (p, n, r) in enumerate(stages):
+            lat += n * inst.latency.per_layer[p] + inst.latency.fixed[r][p] + W[prev, k]
+            car += n * inst.carbon.per_layer[p] + inst.carbon.fixed[r][p]
+            prev = k
+        lat += W[prev, m]
+        return lat, car
+
+    # ---- diagnosis -------------------------------------------------------------------------------------
+    def why_infeasible(self) -> str:
+        inst, L, spec, cm = self.inst, self.L, self.inst.spec, self.inst.cm
+        per_layer = spec.layer_bytes + cm.context * spec.kv_bytes_per_token_per_layer()
+        if not inst.n:
+            return "the swarm has no peers"
+        caps = {r: np.maximum(inst.caps[r], 0) for r in ROLES}
+        best_e = int(np.argmax(inst.usable))
+        if caps["first"].max() < 1 and caps["only"].max() < 1:
+            need = cm.stage_bytes(1, True, False)
+            return (f"no peer can hold the embedding plus one layer ({need / GIB:.2f} GiB): the most usable VRAM is "
+                    f"{inst.usable[best_e] / GIB:.2f} GiB on {inst.swarm.peers[best_e].id!r}; "
+                    f"short by {(need - inst.usable[best_e]) / GIB:.2f} GiB there (add a bigger GPU or use a smaller dtype)")
+        if caps["last"].max() < 1 and caps["only"].max() < 1:
+            need = cm.stage_bytes(1, False, True)
+            return (f"no peer can hold the LM head plus one layer ({need / GIB:.2f} GiB): the most usable VRAM is "
+                    f"{inst.usable[best_e] / GIB:.2f} GiB on {inst.swarm.peers[best_e].id!r}; "
+                    f"short by {(need - inst.usable[best_e]) / GIB:.2f} GiB there")
+        total = int(caps["middle"].sum())
+        if total < L or (inst.n == 1 and caps["only"][0] < L):
+            held = min(total, L) if inst.n > 1 else int(caps["only"][0])
+            missing = (L - held) * per_layer / GIB + (spec.embed_bytes + spec.head_bytes) / GIB * 0
+            return (f"the swarm can hold at most {held} of the model's {L} layers even using every peer "
+                    f"({inst.usable.sum() / GIB:.1f} GiB usable in total): about {missing:.1f} GiB of free VRAM is "
+                    f"missing ({per_layer / GIB:.2f} GiB per layer with KV cache for {cm.context} tokens), "
+                    f"plus room for the embedding and LM head on the first and last stage")
+        return ("no plan fits: the peers that can hold the embedding or the LM head leave too little room for the "
+                "remaining layers on the others")
+
+
+def _cost(c: Costs, path: list[tuple[int, int, str]]) -> float:
+    m = len(c.R)
+    src, total = m, 0.0
+    for q, n, role in path:
+        total += c.W[src, q] + c.F[role][q] + n * c.R[q]
+        src = q
+    return total + c.W[src, m]
+
+
+def polish_order(engine: Engine, sol: Solution) -> Solution:
+    """Carbon does not depend on the order of the stages: among the orders of the same stages (same
+    first and last peer, so the same roles and carbon) pick the fastest. Exact up to 9 middle stages
+    (Held-Karp), 2-opt beyond."""
+    st = sol.stages
+    if len(st) <= 3:
+        return sol
+    idx = np.array([p for p, _, _ in st])
+    W = engine.inst.hop_time_matrix(idx)
+    k = len(st)
+    mids = list(range(1, k - 1))
+    if len(mids) <= 9:
+        best: dict[tuple[int, int], tuple[float, list[int]]] = {}
+        for i in mids:
+            best[(1 << (i - 1), i)] = (W[0, i], [i])
+        full = (1 << len(mids)) - 1
+        for mask in range(1, full + 1):
+            for i in mids:
+                cur = best.get((mask, i))
+                if cur is None:
+                    continue
+                for nxt in mids:
+                    b = 1 << (nxt - 1)
+                    if mask & b:
+                        continue
+                    cand = (cur[0] + W[i, nxt], cur[1] + [nxt])
+                    key = (mask | b, nxt)
+                    if key not in best or cand[0] < best[key][0]:
+                        best[key] = cand
+        end = min((best[(full, i)][0] + W[i, k - 1], best[(full, i)][1]) for i in mids)
+        order = [0] + end[1] + [k - 1]
+    else:
+        order = list(range(k))
+
+        def length(o):
+            return sum(W[a, b] for a, b in zip(o, o[1:], strict=False))
+
+        improved = True
+        while improved:
+            improved = False
+            for i in range(1, k - 2):
+                for j in range(i + 1, k - 1):
+                    cand = order[:i] + order[i:j + 1][::-1] + order[j + 1:]
+                    if length(cand) < length(order) - 1e-15:
+                        order, improved = cand, True
+    stages = [st[i] for i in order]
+    lat, car = engine._metrics(stages)
+    if lat < sol.latency_s:
+        return Solution(stages, lat, car, sol.proven, sol.value, {**sol.stats, "reordered_for_latency": True})
+    return sol
+
+
+# ---------------------------------------------------------------------------------------------------
+def solve_objective(engine: Engine, obj: Objective) -> tuple[Solution | None, dict]:
+    """Solve one objective; returns the solution and what the notes should say about it."""
+    info: dict = {"objective": obj.label(), "carbon_scope": obj.carbon_scope}
+    bl = obj.max_latency_ms / 1000.0 if obj.max_latency_ms is not None else None
+    bc = obj.max_gco2e
+    if obj.kind == "latency":
+        sol = engine.solve(1.0, 0.0, "carbon", bc)
+        if sol is not None and bl is not None and sol.latency_s > bl * (1 + 1e-12):
+            info["bound_missed"] = f"the fastest plan takes {sol.latency_s * 1e3:.2f} ms > --max-latency-ms {obj.max_latency_ms:g}"
+            return None, info
+    elif obj.kind == "carbon":
+        sol = engine.solve(0.0, 1.0, "latency", bl)
+        if sol is not None and bl is None:
+            sol = polish_order(engine, sol)
+        if sol is not None and bc is not None and sol.carbon_g > bc * (1 + 1e-12):
+            info["bound_missed"] = f"the least-carbon plan emits {sol.carbon_g:.6g} g > --max-gco2e {bc:g}"
+            return None, info
+    else:
+        lat_best = engine.solve(1.0, 0.0, "carbon")
+        car_best = engine.solve(0.0, 1.0, "latency")
+        if lat_best is None or car_best is None:
+            return None, info
+        T, C = lat_best.latency_s, max(car_best.carbon_g, 1e-300)
+        wl, wc = (1 - obj.weight) / T, obj.weight / C
+        info["normalisers"] = {"latency_ms": T * 1e3, "gco2e": C}
+        if bc is not None:
+            sol = engine.solve(wl, wc, "carbon", bc)
+        else:
+            sol = engine.solve(wl, wc, "latency", bl)
+    if sol is None and "bound_missed" not in info:
+        if obj.max_latency_ms is not None or obj.max_gco2e is not None:
+            free = Objective("latency" if bl is not None else "carbon", carbon_scope=obj.carbon_scope)
+            ref = engine.solve(*((1.0, 0.0, "carbon") if free.kind == "latency" else (0.0, 1.0, "latency")))
+            if ref is not None:
+                if bl is not None:
+                    info["bound_missed"] = (f"no plan meets --max-latency-ms {obj.max_latency_ms:g}: the fastest plan "
+                                            f"takes {ref.latency_s * 1e3:.2f} ms")
+                else:
+                    info["bound_missed"] = (f"no plan meets --max-gco2e {bc:g}: the least-carbon plan emits "
+                                            f"{ref.carbon_g:.6g} g per token")
+    return sol, info
+
+
+def objective_value(obj: Objective, latency_ms: float, carbon_g: float, normalisers: dict | None) -> float:
+    if obj.kind == "latency":
+        return latency_ms
+    if obj.kind == "carbon":
+        return carbon_g
+    return (1 - obj.weight) * latency_ms / normalisers["latency_ms"] + obj.weight * carbon_g / normalisers["gco2e"]
+
+
+def to_plan(engine: Engine, sol: Solution, name: str = STRATEGY, notes: dict | None = None) -> Plan:
+    swarm = engine.inst.swarm
+    stages, start = [], 0
+    for p, n, role in sol.stages:
+        stages.append(Stage(swarm.peers[p].id, start, start + n, embedding=role in ("first", "only"),
+                            head=role in ("last", "only")))
+        start += n
+    return Plan(name, engine.inst.spec.name, stages, notes or {})
+
+
+def plan_optimal(spec: ModelSpec, swarm: Swarm, obj: Objective, options: CostOptions | None = None,
+                 engine: Engine | None = None) -> Plan:
+    t0 = time.perf_counter()
+    engine = engine or Engine(spec, swarm, options, obj.carbon_scope)
+    sol, info = solve_objective(engine, obj)
+    info["solve_seconds"] = time.perf_counter() - t0
+    if sol is None:
+        why = info.get("bound_missed") or engine.why_infeasible()
+        return Plan(STRATEGY, spec.name, [], info, [f"prismn found no plan that fits: {why}"])
+    lat_ms = sol.latency_s * 1e3
+    value = objective_value(obj, lat_ms, sol.carbon_g, info.get("normalisers"))
+    info.update({
+        "optimal": sol.proven,
+        "predicted": {"latency_ms_per_token": lat_ms, obj.carbon_metric: sol.carbon_g},
+        "objective_value": value,
+        "search": {k: (round(v, 6) if isinstance(v, float) else v) for k, v in sol.stats.items()},
+    })
+    return to_plan(engine, sol, notes=info)

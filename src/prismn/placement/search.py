@@ -1,0 +1,624 @@
+"""Exact search over elementary plans: best-first (A*) with admissible bounds and dominance.
+
+A plan is a loop client -> p1 -> ... -> pk -> client over distinct peers; stage i holds n_i >= 1
+contiguous layers (sum = L), the first stage the embedding, the last the LM head (one stage: both).
+Costs are additive: sum_i [F_role(p_i) + n_i * R(p_i)] + sum over hops W(a, b).
+
+The search runs over labels (layers placed j, last peer p, set of used peers, cost so far). Its
+lower bound on the cost to finish is the larger of two admissible bounds:
+  * h_dp(j, p): the exact cost-to-go of the *relaxation* that forgets which peers were used
+    (a shortest path over states (j, p), computed by backward dynamic programming);
+  * h_fill(j, U): the cheapest way to hold the remaining layers on the still-unused peers U if
+    hops were free (a greedy fill by per-layer cost, the LP bound of that knapsack).
+With admissible bounds, best-first order and dominance that only drops a label when another label at
+the same (j, p) costs no more in every metric and used a subset of its peers, the first complete
+label taken from the queue is optimal. Two metrics are carried: the primary P (what is minimised)
+and the secondary S (a bound S <= B, and the tie-break among plans of equal P).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+INF = math.inf
+
+
+@dataclass
+class Costs:
+    """One additive metric restricted to m candidate peers; W's last row/column is the client."""
+
+    R: np.ndarray  # (m,) per layer
+    F: dict[str, np.ndarray]  # role -> (m,) fixed
+    W: np.ndarray  # (m+1, m+1) hop costs, diagonal inf
+
+    def combine(self, a: float, other: Costs, b: float) -> Costs:
+        def lin(x, y):
+            return a * x + b * y if b else a * x
+
+        W = np.where(np.isfinite(self.W), lin(np.where(np.isfinite(self.W), self.W, 0.0),
+                                              np.where(np.isfinite(other.W), other.W, 0.0)), INF)
+        return Costs(lin(self.R, other.R), {r: lin(self.F[r], other.F[r]) for r in self.F}, W)
+
+
+@dataclass
+class Bounds:
+    dp: np.ndarray  # (L+1, m) relaxed cost-to-go after closing a first/middle stage on p with j layers
+    root: float  # relaxed optimum from the client
+    order: np.ndarray  # peers by per-layer cost, for the fill bound
+    fixed_last_min: float  # the least F_last any peer pays
+
+
+def relaxed_bounds(c: Costs, caps: dict[str, np.ndarray], L: int) -> Bounds:
+    """Backward DP of the relaxation (peers may repeat, never twice in a row). O(L*m^2 + L^2*m)."""
+    m = len(c.R)
+    h = np.full((L + 1, m), INF)
+    capM, capH = caps["middle"], caps["last"]
+    Wpp = c.W[:m, :m]
+    to_client = c.W[:m, m]
+    for j in range(L - 1, 0, -1):
+        n_last = L - j
+        U = np.where(capH >= n_last, n_last * c.R + c.F["last"] + to_client, INF)
+        nmax = L - 1 - j
+        if nmax >= 1:
+            ns = np.arange(1, nmax + 1)[:, None]
+            cand = np.where(ns <= capM[None, :], ns * c.R[None, :] + h[j + 1:j + 1 + nmax, :], INF)
+            U = np.minimum(U, c.F["middle"] + cand.min(axis=0))
+        h[j] = (Wpp + U[None, :]).min(axis=1) if m > 1 else INF
+    root = INF
+    if m:
+        first = np.full(m, INF)
+        if L >= 2:
+            ns = np.arange(1, L)[:, None]
+            cand = np.where(ns <= caps["first"][None, :], ns * c.R[None, :] + h[1:L, :], INF)
+            first = c.F["first"] + cand.min(axis=0)
+        only = np.where(caps["only"] >= L, L * c.R + c.F["only"] + to_client, INF)
+        root = float((c.W[m, :m] + np.minimum(first, only)).min())
+    fl = c.F["last"][caps["last"] >= 1]
+    return Bounds(h, root, np.argsort(c.R, kind="stable"), float(fl.min()) if len(fl) else INF)
+
+
+def through_bounds(c: Costs, caps: dict[str, np.ndarray], L: int, b: Bounds) -> np.ndarray:
+    """LB(q): the relaxed optimum over plans that give q a stage (forward DP + backward DP `b`)."""
+    m = len(c.R)
+    if not m:
+        return np.zeros(0)
+    F = np.full((L + 1, m), INF)  # relaxed cost client -> ... -> q's stage closed with j layers placed
+    A = np.full((L + 1, m), INF)  # relaxed cost of arriving at q with j layers placed before it
+    A[0] = c.W[c.W.shape[0] - 1, :m]
+    capE, capM = caps["first"], caps["middle"]
+    Wpp = c.W[:m, :m]
+    for j in range(1, L):
+        if j <= L - 1:
+            f = np.where(capE >= j, A[0] + c.F["first"] + j * c.R, INF)
+            if j >= 2:
+                ns = np.arange(1, j)[:, None]  # layers of this stage; arrival with j - n >= 1
+                cand = np.where(ns <= capM[None, :], A[j - ns[:, 0], :] + ns * c.R[None, :], INF)
+                f = np.minimum(f, c.F["middle"] + cand.min(axis=0))
+            F[j] = f
+        A[j] = (F[j][:, None] + Wpp).min(axis=0) if m > 1 else INF
+    through = (F[1:L] + b.dp[1:L]).min(axis=0) if L >= 2 else np.full(m, INF)
+    js = np.arange(0, L)[:, None]
+    last = np.where((L - js >= 1) & (L - js <= caps["last"][None, :]) & (js >= 1),
+                    A[:L] + c.F["last"] + (L - js) * c.R + c.W[:m, m], INF).min(axis=0)
+    only = np.where(caps["only"] >= L, A[0] + c.F["only"] + L * c.R + c.W[:m, m], INF)
+    return np.minimum(np.minimum(through, last), only)
+
+
+def _fill_bound(c: Costs, b: Bounds, capM: np.ndarray, used: np.ndarray, L: int) -> np.ndarray:
+    """N_U(x), x = 0..L: least per-layer cost of x layers on unused peers (hops free, caps kept)."""
+    order = b.order[~used[b.order]]
+    caps = np.maximum(capM[order], 0)
+    rates = c.R[order]
+    out = np.full(L + 1, INF)
+    out[0] = 0.0
+    if not len(order):
+        return out
+    cum = np.cumsum(caps)
+    k = int(np.searchsorted(cum, L, side="left"))  # peers needed to reach L
+    take = min(k + 1, len(order))
+    cum, caps, rates = cum[:take], caps[:take], rates[:take]
+    # marginal rate of the x-th cheapest layer
+    per_layer = np.repeat(rates, caps)[:L]
+    out[1:len(per_layer) + 1] = np.cumsum(per_layer)
+    return out
+
+
+def relaxed_usage(c: Costs, caps: dict[str, np.ndarray], L: int, b: Bounds) -> np.ndarray:
+    """Layers per peer (summed over visits) on one optimal path of the relaxation `b`."""
+    m = len(c.R)
+    use = np.zeros(m)
+    if not math.isfinite(b.root):
+        return use
+    src, j = m, 0
+    first = True
+    while True:
+        best, choice = INF, None
+        end_role = "only" if first else "last"
+        ok = caps[end_role] >= L - j
+        if first:
+            ok = ok & np.ones(m, dtype=bool)
+        else:
+            ok = ok & (np.arange(m) != src)
+        v = np.where(ok, c.W[src, :m] + c.F[end_role] + (L - j) * c.R + c.W[:m, m], INF)
+        q = int(np.argmin(v))
+        if v[q] < best:
+            best, choice = float(v[q]), (q, L - j, True)
+        nmax = L - 1 - j
+        if nmax >= 1:
+            role = "first" if first else "middle"
+            ns = np.arange(1, nmax + 1)[:, None]
+            cand = np.where(ns <= caps[role][None, :], ns * c.R[None, :] + b.dp[j + 1:j + 1 + nmax, :], INF)
+            if not first:
+                cand[:, src] = INF
+            tot = c.W[src, :m][None, :] + c.F[role][None, :] + cand
+            k = int(np.argmin(tot))
+            n_i, q = divmod(k, m)
+            if tot[n_i, q] < best:
+                best, choice = float(tot[n_i, q]), (q, n_i + 1, False)
+        if choice is None or not math.isfinite(best):
+            return use
+        q, n, done = choice
+        use[q] += n
+        if done:
+            return use
+        src, j, first = q, j + n, False
+
+
+def lagrangian(c: Costs, caps: dict[str, np.ndarray], L: int, ub: float, iters: int = 30):
+    """Multipliers mu >= 0 on 'layers on peer p <= cap_M(p)' that tighten the relaxation.
+
+    For any mu >= 0 and any set V of peers already used, an elementary completion costs at least
+    dp_mu(j, p) - sum_{q not in V} mu_q * cap_M(q) (each unused peer holds at most cap_M layers).
+    Returns (mu, Bounds of the penalised costs); mu = 0 when the plain relaxation is already tight.
+    """
+    m = len(c.R)
+    capM = np.maximum(caps["middle"], 0).astype(float)
+    mu = np.zeros(m)
+    best_mu, best_b, best_lb = mu.copy(), None, -INF
+    theta, stall = 1.0, 0
+    for _ in range(iters):
+        cm = Costs(c.R + mu, c.F, c.W)
+        b = relaxed_bounds(cm, caps, L)
+        if not math.isfinite(b.root):
+            break
+        lb = b.root - float(mu @ capM)
+        if lb > best_lb + 1e-15 * abs(lb):
+            best_mu, best_b, best_lb, stall = mu.copy(), b, lb, 0
+        else:
+            stall += 1
+            if stall >= 3:
+                theta *= 0.5
+                stall = 0
+        use = relaxed_usage(cm, caps, L, b)
+        g = use - capM
+        g = np.where((mu > 0) | (g > 0), g, 0.0)
+        if not (g > 0).any() and float(mu @ (capM - use)) <= 1e-12 * max(abs(lb), 1e-300):
+            break  # the relaxed path is feasible for the capacities and complementary: no gap left
+        gap = (ub - lb) if math.isfinite(ub) else max(abs(lb), 1e-9) * 0.1
+        if gap <= 1e-12 * max(abs(ub), 1e-300):
+            break
+        mu = np.maximum(0.0, mu + theta * gap / float(g @ g) * g)
+    return best_mu, best_b
+
+
+def _unpack(v: int, m: int) -> np.ndarray:
+    """Bitmask of used candidates -> bool array of length m."""
+    if not v:
+        return np.zeros(m, dtype=bool)
+    raw = np.frombuffer(v.to_bytes((m + 7) // 8, "little"), dtype=np.uint8)
+    return np.unpackbits(raw, bitorder="little")[:m].astype(bool)
+
+
+@dataclass
+class Result:
+    stages: list[tuple[int, int, str]]  # (candidate index, layers, role) in route order
+    P: float
+    S: float
+    proven: bool  # the search finished: the plan is optimal (P exact; S the best among equal P)
+    pops: int
+    lower_bound: float  # the best bound on P left open (== P when proven)
+    note: str = ""
+    stats: dict = field(default_factory=dict)
+
+
+class Search:
+    """Lexicographic (P, S) minimum over elementary plans, with optional S <= bound."""
+
+    def __init__(self, P: Costs, S: Costs, caps: dict[str, np.ndarray], L: int,
+                 bound_S: float | None = None, tie_rel: float = 1e-12, tables_P=None, tables_S=None):
+        self.P, self.S, self.caps, self.L = P, S, caps, L
+        self.m = len(P.R)
+        self.bound = INF if bound_S is None else bound_S * (1 + 1e-12)
+        self.bP = relaxed_bounds(P, caps, L)
+        self.bS = relaxed_bounds(S, caps, L)
+        self.quantum = max(abs(self.bP.root), 1e-300) * tie_rel if math.isfinite(self.bP.root) else 1.0
+        self.ns = np.arange(1, L + 1)
+        self.tP, self.tS = tables_P, tables_S  # DSSR tables (h[S, j, p], bit): elementary on theta
+        self.lagr = None  # (lam, DSSR tables of P + lam * S): a bound for S-bounded problems
+        self.capM = np.maximum(caps["middle"], 0).astype(float)
+        self.mu = np.zeros(self.m)
+        self.dp_mu = None
+        self.mu_total = 0.0
+
+    def tighten(self, ub: float, iters: int = 30) -> None:
+        """Lagrangian multipliers for the primary bound (see `lagrangian`)."""
+        mu, b = lagrangian(self.P, self.caps, self.L, ub, iters)
+        if b is not None and mu.any():
+            self.mu, self.dp_mu = mu, b.dp
+            self.mu_cap = mu * self.capM
+            self.mu_total = float(self.mu_cap.sum())
+            self.root_mu = b.root - self.mu_total
+
+    def _q(self, x: float) -> float:
+        return math.floor(x / self.quantum)
+
+    # -------------------------------------------------------------------------------------------
+    def _children(self, j: int, p: int, used: np.ndarray, gP: float, gS: float, pen: float = 0.0):
+        """Vectorised successors: (q, n, role, gP', gS', fP', fS', complete) for the label."""
+        L, m, caps = self.L, self.m, self.caps
+        P, S = self.P, self.S
+        out = []
+        src = m if p < 0 else p
+        free = ~used
+        fillP = _fill_bound(P, self.bP, caps["middle"], used, L)
+        fillS = _fill_bound(S, self.bS, caps["middle"], used, L)
+        # ---- stages that end the plan: `only` from the client, `last` after a stage ------------
+        n_end = L - j
+        role_end = "only" if p < 0 else "last"
+        ok = free & (caps[role_end] >= n_end)
+        if ok.any():
+            q = np.nonzero(ok)[0]
+            gp = gP + P.W[src, q] + P.F[role_end][q] + n_end * P.R[q] + P.W[q, m]
+            gs = gS + S.W[src, q] + S.F[role_end][q] + n_end * S.R[q] + S.W[q, m]
+            out.append((q, np.full(len(q), n_end), role_end, gp, gs, gp, gs, True))
+        # ---- stages that continue: `first` from the client, `middle` after a stage -------------
+        role = "first" if p < 0 else "middle"
+        nmax = L - 1 - j
+        if nmax >= 1:
+            capr = caps[role]
+            ok = free & (capr >= 1)
+            q = np.nonzero(ok)[0]
+            if len(q):
+                ns = self.ns[:nmax][None, :]  # (1, nmax)
+                valid = ns <= capr[q][:, None]
+                baseP = gP + P.W[src, q] + P.F[role][q]
+                baseS = gS + S.W[src, q] + S.F[role][q]
+                gp = baseP[:, None] + ns * P.R[q][:, None]
+                gs = baseS[:, None] + ns * S.R[q][:, None]
+                rest = L - j - ns  # layers still to place after this stage (>= 1)
+                hP = np.maximum(self.bP.dp[j + ns, q[:, None]], fillP[rest] + self.bP.fixed_last_min)
+                if self.dp_mu is not None:
+                    left = self.mu_total - pen - self.mu_cap[q]  # mu * cap of peers still unused
+                    hP = np.maximum(hP, self.dp_mu[j + ns, q[:, None]] - left[:, None])
+                hS = np.maximum(self.bS.dp[j + ns, q[:, None]], fillS[rest] + self.bS.fixed_last_min)
+                tabs = [(self.tP, "P"), (self.tS, "S")]
+                if self.lagr is not None and math.isfinite(self.bound):
+                    tabs.append((self.lagr[1], "L"))
+                for tab, which in tabs:
+                    if tab is None:
+                        continue
+                    h_t, bit = tab
+                    sv = 0
+                    for b in np.nonzero(used & (bit >= 0))[0]:
+                        sv |= 1 << int(bit[b])
+                    bq = bit[q]
+                    sq = np.where(bq >= 0, sv | (1 << np.maximum(bq, 0)), sv)
+                    ht = h_t[sq[:, None], j + ns, q[:, None]]
+                    if which == "P":
+                        hP = np.maximum(hP, ht)
+                    elif which == "S":
+                        hS = np.maximum(hS, ht)
+                    else:  # P-to-go >= h_lam - lam * (S budget left after this stage)
+                        lam = self.lagr[0]
+                        hP = np.maximum(hP, ht - lam * (self.bound - gs))
+                fp = np.where(valid, gp + hP, INF)
+                fs = np.where(valid, gs + hS, INF)
+                qi, ni = np.nonzero(np.isfinite(fp) & (fs <= self.bound))
+                if len(qi):
+                    out.append((q[qi], ni + 1, role, gp[qi, ni], gs[qi, ni], fp[qi, ni], fs[qi, ni], False))
+        return out
+
+    # -------------------------------------------------------------------------------------------
+    def run(self, incumbent: list[tuple[int, int, str]] | None = None, max_pops: int = 200_000,
+            time_limit_s: float = 60.0, tighten: bool = True) -> Result | None:
+        t0 = time.perf_counter()
+        L, m = self.L, self.m
+        if not math.isfinite(self.bP.root) or self.bS.root > self.bound:
+            return None
+        # label storage
+        J: list[int] = [0]
+        Pp: list[int] = [-1]
+        V: list[int] = [0]  # bitmask of used candidates
+        GP: list[float] = [0.0]
+        GS: list[float] = [0.0]
+        PAR: list[int] = [-1]
+        N: list[int] = [0]
+        ROLE: list[str] = [""]
+        DONE: list[bool] = [False]
+        dead: set[int] = set()
+        buckets: dict[tuple[int, int], list[int]] = {}
+        heap: list[tuple] = []
+        counter = 0
+        best_key: tuple | None = None
+
+        def new_label(j, p, v, gp, gs, par, n, role, done) -> int:
+            J.append(j)
+            Pp.append(p)
+            V.append(v)
+            GP.append(gp)
+            GS.append(gs)
+            PAR.append(par)
+            N.append(n)
+            ROLE.append(role)
+            DONE.append(done)
+            return len(J) - 1
+
+        if incumbent:
+            # cost it with the same arrays and seed the queue with it as a complete label
+            lab, j, src, v, gp, gs = 0, 0, m, 0, 0.0, 0.0
+            ok = True
+            for q, n, role in incumbent:
+                gp += self.P.W[src, q] + self.P.F[role][q] + n * self.P.R[q]
+                gs += self.S.W[src, q] + self.S.F[role][q] + n * self.S.R[q]
+                if n > self.caps[role][q] or (v >> q) & 1:
+                    ok = False
+                j += n
+                v |= 1 << int(q)
+                src = q
+                lab = new_label(j, int(q), v, gp, gs, lab, n, role, False)
+            gp += self.P.W[src, m]
+            gs += self.S.W[src, m]
+            if ok and j == L and gs <= self.bound:
+                DONE[lab] = True
+                GP[lab], GS[lab] = gp, gs
+                best_key = (self._q(gp), gs)
+                heapq.heappush(heap, (best_key[0], gs, 0, counter, lab))
+                counter += 1
+
+        if tighten:
+            self.tighten(GP[-1] if best_key is not None else INF)
+        root = max(self.bP.root, self.root_mu) if self.dp_mu is not None else self.bP.root
+        heapq.heappush(heap, (self._q(root), self.bS.root, 0, counter, 0))
+        counter += 1
+        pops = 0
+        while heap:
+            kq, ks, _, _, lab = heapq.heappop(heap)
+            if lab in dead:
+                continue
+            if DONE[lab]:
+                return Result(self._path(lab, J, Pp, PAR, N, ROLE), GP[lab], GS[lab], True, pops, GP[lab],
+                              stats={"labels": len(J), "seconds": time.perf_counter() - t0})
+            pops += 1
+            if pops > max_pops or (pops % 256 == 0 and time.perf_counter() - t0 > time_limit_s):
+                return self._give_up(heap, best_key, J, Pp, PAR, N, ROLE, DONE, GP, GS, pops, t0)
+            j, p, v = J[lab], Pp[lab], V[lab]
+            used_mask = _unpack(v, m)
+            pen = float(self.mu_cap[used_mask].sum()) if self.dp_mu is not None else 0.0
+            for q, n, role, gp, gs, fp, fs, complete in self._children(j, p, used_mask, GP[lab], GS[lab], pen):
+                kp = np.floor(fp / self.quantum)
+                keep = fs <= self.bound
+                if best_key is not None:
+                    keep &= (kp < best_key[0]) | ((kp == best_key[0]) & (fs < best_key[1]))
+                sel = np.nonzero(keep)[0]
+                for k in sel:
+                    key = (float(kp[k]), float(fs[k]))
+                    if best_key is not None and key >= best_key:
+                        continue
+                    qq, nn = int(q[k]), int(n[k])
+                    jj = j + nn
+                    vv = v | (1 << qq)
+                    g1, g2 = float(gp[k]), float(gs[k])
+                    if not complete:
+                        bk = (jj, qq)
+                        lst = buckets.get(bk)
+                        if lst is None:
+                            lst = buckets[bk] = []
+                        dominated = False
+                        for other in lst:
+                            if other in dead:
+                                continue
+                            if GP[other] <= g1 and GS[other] <= g2 and (V[other] & ~vv) == 0:
+                                dominated = True
+                                break
+                        if dominated:
+                            continue
+                        child = new_label(jj, qq, vv, g1, g2, lab, nn, role, False)
+                        # drop labels the new one dominates
+                        for other in lst:
+                            if other not in dead and g1 <= GP[other] and g2 <= GS[other] and (vv & ~V[other]) == 0:
+                                dead.add(other)
+                        lst.append(child)
+                    else:
+                        child = new_label(jj, qq, vv, g1, g2, lab, nn, role, True)
+                        best_key = key
+                    heapq.heappush(heap, (key[0], key[1], -jj, counter, child))
+                    counter += 1
+        if best_key is None:
+            return None
+        raise AssertionError("the queue emptied with an incumbent that was never popped")
+
+    def _path(self, lab, J, Pp, PAR, N, ROLE) -> list[tuple[int, int, str]]:
+        out = []
+        while lab > 0:
+            out.append((Pp[lab], N[lab], ROLE[lab]))
+            lab = PAR[lab]
+        return out[::-1]
+
+    def _give_up(self, heap, best_key, J, Pp, PAR, N, ROLE, DONE, GP, GS, pops, t0) -> Result | None:
+        lb = min((k[0] for k in heap), default=INF) * self.quantum
+        done = [lab for *_, lab in heap if DONE[lab]]
+        if not done:
+            return None
+        lab = min(done, key=lambda x: (self._q(GP[x]), GS[x]))
+        return Result(self._path(lab, J, Pp, PAR, N, ROLE), GP[lab], GS[lab], False, pops, lb,
+                      note="search budget exhausted: best plan found, optimality not proven",
+                      stats={"labels": len(J), "seconds": time.perf_counter() - t0})
+
+    # -------------------------------------------------------------------------------------------
+    def dive(self) -> list[tuple[int, int, str]] | None:
+        """A quick elementary plan: follow the best child by (P bound, S bound) until complete."""
+        j, p, v, gP, gS = 0, -1, 0, 0.0, 0.0
+        used = np.zeros(self.m, dtype=bool)
+        path: list[tuple[int, int, str]] = []
+        while True:
+            best = None
+            for q, n, role, gp, gs, fp, fs, complete in self._children(j, p, used, gP, gS):
+                ok = fs <= self.bound
+                if not ok.any():
+                    continue
+                k = int(np.argmin(np.where(ok, fp, INF)))
+                cand = (float(fp[k]), float(fs[k]), complete, int(q[k]), int(n[k]), role, float(gp[k]), float(gs[k]))
+                if best is None or cand[:2] < best[:2]:
+                    best = cand
+            if best is None or not math.isfinite(best[0]):
+                return None
+            _, _, complete, q, n, role, gP, gS = best
+            path.append((q, n, role))
+            if complete:
+                return path
+            j += n
+            p = q
+            used[q] = True
+            v |= 1 << q
+
+
+# ---------------------------------------------------------------------------------------------------
+# Decremental state-space relaxation (Righini & Salani): scalar objectives
+# ---------------------------------------------------------------------------------------------------
+def _dssr_tables(c: Costs, caps: dict[str, np.ndarray], L: int, theta: list[int]):
+    """Backward DP over (S, j, p): S = which peers of `theta` are already used. Peers in theta are
+    elementary, the others may repeat (the relaxation). Returns h (T, L+1, m) and the client row."""
+    m = len(c.R)
+    t = len(theta)
+    T = 1 << t
+    bit = np.full(m, -1)
+    for k, q in enumerate(theta):
+        bit[q] = k
+    in_theta = bit >= 0
+    S_ids = np.arange(T)
+    h = np.full((T, L + 1, m), INF)
+    capM, capH = caps["middle"], caps["last"]
+    Wpp = c.W[:m, :m]
+    to_client = c.W[:m, m]
+    th_q = np.nonzero(in_theta)[0]
+    th_b = bit[th_q]
+    off = ~np.eye(m, dtype=bool)
+    free_hops = m > 1 and not np.any(Wpp[off]) and not np.any(c.W[m, :m]) and not np.any(to_client)
+
+    def effective(U):  # U[S', q] with S' = S | bit(q) -> value seen from state S
+        E = U.copy()
+        if len(th_q):
+            has = (S_ids[:, None] >> th_b[None, :]) & 1  # (T, |theta|)
+            E[:, th_q] = np.where(has == 1, INF, U[S_ids[:, None] | (1 << th_b[None, :]), th_q[None, :]])
+        return E
+
+    for j in range(L - 1, 0, -1):
+        n_last = L - j
+        U = np.broadcast_to(np.where(capH >= n_last, n_last * c.R + c.F["last"] + to_client, INF), (T, m)).copy()
+        nmax = L - 1 - j
+        if nmax >= 1:
+            ns = np.arange(1, nmax + 1)[None, :, None]
+            cand = np.where(ns <= capM[None, None, :], ns * c.R[None, None, :] + h[:, j + 1:j + 1 + nmax, :], INF)
+            U = np.minimum(U, c.F["middle"][None, :] + cand.min(axis=1))
+        E = effective(U)
+        if m <= 1:
+            h[:, j, :] = INF
+        elif free_hops:  # min over q != p: the best, or the second best where the best is p itself
+            k1 = E.argmin(axis=1)
+            v1 = E[S_ids, k1]
+            E2 = E.copy()
+            E2[S_ids, k1] = INF
+            v2 = E2.min(axis=1)
+            row = np.broadcast_to(v1[:, None], (T, m)).copy()
+            row[S_ids, k1] = v2
+            h[:, j, :] = row
+        else:
+            h[:, j, :] = (Wpp[None, :, :] + E[:, None, :]).min(axis=2)
+    # from the client (S = empty): first or only stage
+    first = np.full((T, m), INF)
+    if L >= 2:
+        ns = np.arange(1, L)[None, :, None]
+        cand = np.where(ns <= caps["first"][None, None, :], ns * c.R[None, None, :] + h[:, 1:L, :], INF)
+        first = c.F["first"][None, :] + cand.min(axis=1)
+    only = np.broadcast_to(np.where(caps["only"] >= L, L * c.R + c.F["only"] + to_client, INF), (T, m))
+    E0 = effective(np.minimum(first, only))[0]
+    return h, c.W[m, :m] + E0, bit
+
+
+def _dssr_path(c: Costs, caps, L, h, root_row, bit) -> list[tuple[int, int, str]]:
+    """One optimal path of the DSSR relaxation, following the tables forward."""
+    m = len(c.R)
+    path: list[tuple[int, int, str]] = []
+    S, src, j = 0, m, 0
+    while True:
+        first = src == m
+        best, choice = INF, None
+        end_role = "only" if first else "last"
+        allowed = np.ones(m, dtype=bool)
+        if not first:
+            allowed[src] = False
+        tb = np.where(bit >= 0, (S >> np.maximum(bit, 0)) & 1, 0)
+        allowed &= tb == 0
+        v = np.where(allowed & (caps[end_role] >= L - j),
+                     c.W[src, :m] + c.F[end_role] + (L - j) * c.R + c.W[:m, m], INF)
+        q = int(np.argmin(v))
+        if v[q] < best:
+            best, choice = float(v[q]), (q, L - j, end_role, True)
+        nmax = L - 1 - j
+        if nmax >= 1:
+            role = "first" if first else "middle"
+            S2 = np.where(bit >= 0, S | (1 << np.maximum(bit, 0)), S)  # state after using q
+            ns = np.arange(1, nmax + 1)[:, None]
+            hv = h[S2[None, :], j + ns, np.arange(m)[None, :]]
+            cand = np.where(ns <= caps[role][None, :], ns * c.R[None, :] + hv, INF)
+            tot = np.where(allowed[None, :], c.W[src, :m][None, :] + c.F[role][None, :] + cand, INF)
+            k = int(np.argmin(tot))
+            n_i, q = divmod(k, m)
+            if tot[n_i, q] < best:
+                best, choice = float(tot[n_i, q]), (q, n_i + 1, role, False)
+        if choice is None or not math.isfinite(best):
+            return path
+        q, n, role, done = choice
+        path.append((q, n, role))
+        if done:
+            return path
+        if bit[q] >= 0:
+            S |= 1 << int(bit[q])
+        src, j = q, j + n
+
+
+def dssr(c: Costs, caps: dict[str, np.ndarray], L: int, max_theta: int = 14,
+         max_cells: float = 2e9) -> tuple[list[tuple[int, int, str]] | None, float, dict]:
+    """Exact minimum of a scalar cost over elementary plans, or (None, bound, info) when the state
+    space would grow past the limits (the bound is then still a valid lower bound)."""
+    m = len(c.R)
+    theta: list[int] = []
+    bound = -INF
+    info: dict = {"iterations": 0}
+    while True:
+        info["iterations"] += 1
+        h, root_row, bit = _dssr_tables(c, caps, L, theta)
+        info["tables"] = (h, bit)
+        root = float(root_row.min()) if m else INF
+        bound = max(bound, root)
+        if not math.isfinite(root):
+            info["theta"] = len(theta)
+            return None, INF, info
+        path = _dssr_path(c, caps, L, h, root_row, bit)
+        seen: dict[int, int] = {}
+        for q, _, _ in path:
+            seen[q] = seen.get(q, 0) + 1
+        repeated = [q for q, k in seen.items() if k > 1 and q not in theta]
+        info["theta"] = len(theta)
+        if not repeated:
+            return path, root, info
+        theta = theta + repeated
+        if len(theta) > max_theta or (1 << len(theta)) * L * m * m > max_cells:
+            info["theta"] = len(theta)
+            info["gave_up"] = True
+            return None, bound, info
