@@ -9,6 +9,7 @@ always wins over this estimate.
 from __future__ import annotations
 
 import math
+import unicodedata
 from dataclasses import dataclass
 from functools import cache
 
@@ -108,11 +109,16 @@ def locate(lat: float, lon: float) -> Place:
     return Place(None, None, "no country at this point")
 
 
+def _fold(text: str) -> str:
+    """Case- and accent-insensitive form: 'São Paulo' -> 'sao paulo'."""
+    return unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().strip().lower()
+
+
 def find_city(name: str) -> dict | None:
-    """A known city by name (case-insensitive; 'Paris' or 'Paris, FR')."""
+    """A known city by name (case- and accent-insensitive; 'Paris' or 'Paris, FR')."""
     key, _, cc = name.partition(",")
-    key, cc = key.strip().lower(), cc.strip().upper()
+    key, cc = _fold(key), cc.strip().upper()
     for row in _cities()[2]:
-        if row["name"].lower() == key and (not cc or row["country"] == cc):
+        if _fold(row["name"]) == key and (not cc or row["country"] == cc):
             return row
     return None

@@ -25,11 +25,12 @@ def _register_all() -> None:
     demo_cmds.register(app)
     swarm_cmds.register(app)
     catalog_cmds.register(app)
-    try:  # the runtime commands need torch only when they run, not to be listed
-        from prismn.cli import runtime_cmds
+    try:  # these need torch / the server extras only when they run, not to be listed
+        from prismn.cli import runtime_cmds, server_cmds
     except ImportError:
         return
     runtime_cmds.register(app)
+    server_cmds.register(app)
 
 
 _register_all()

@@ -1,0 +1,148 @@
+"""`prismn coordinator` and `prismn peer`: the two long-running services."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+from pathlib import Path
+
+import typer
+
+from prismn.errors import PrismnError
+
+
+def _home() -> Path:
+    return Path(os.environ.get("PRISMN_HOME") or Path.home() / ".cache" / "prismn")
+
+
+def parse_location(location: str | None, city: str | None) -> tuple[float, float, str | None, str | None]:
+    """(lat, lon, zone, city name) from --location "lat,lon" or --city NAME; no IP geolocation."""
+    from prismn import geo
+
+    if location and city:
+        raise PrismnError("give either --location or --city, not both")
+    if city:
+        row = geo.find_city(city)
+        if row is None:
+            raise PrismnError(f"unknown city {city!r}: use --location 'LAT,LON' or a listed city (e.g. Oslo, Paris)")
+        return row["lat"], row["lon"], row.get("zone"), row["name"]
+    if location:
+        try:
+            lat_s, lon_s = location.split(",")
+            lat, lon = float(lat_s), float(lon_s)
+        except ValueError:
+            raise PrismnError(f"--location {location!r} must be 'LAT,LON', e.g. '59.91,10.75'") from None
+        if not (-90 <= lat <= 90 and -180 <= lon <= 180):
+            raise PrismnError(f"--location {location!r} is off the globe: latitude -90..90, longitude -180..180")
+        return lat, lon, None, None
+    raise PrismnError("say where this machine stands: --city NAME or --location 'LAT,LON' (no IP lookup is made)")
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("coordinator")
+    def coordinator(
+        host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
+        port: int = typer.Option(8000, help="HTTP port."),
+        db: str = typer.Option(None, "--db", help="SQLAlchemy URL (default: SQLite under $PRISMN_HOME); "
+                                                  "postgresql://user@host/db for PostgreSQL."),
+        token: str = typer.Option(None, "--token", envvar="PRISMN_JOIN_TOKEN",
+                                  help="Join token (default: the stored one, or a new one)."),
+        api_key: str = typer.Option(None, "--api-key", envvar="PRISMN_API_KEY",
+                                    help="Require this Bearer key on the OpenAI API."),
+        city: str = typer.Option(None, "--city", help="Where the coordinator stands (the pipeline's client)."),
+        location: str = typer.Option(None, "--location", help="'LAT,LON' of the coordinator."),
+        lease_s: float = typer.Option(15.0, "--lease-s", min=1.0, help="Lease length for peers."),
+        heartbeat_s: float = typer.Option(5.0, "--heartbeat-s", min=0.2, help="Heartbeat period for peers."),
+        emulate_wan: bool = typer.Option(False, "--emulate-wan",
+                                         help="Delay each link by RTT/2 estimated from the peers' locations."),
+        max_tokens: int = typer.Option(1024, "--max-tokens-limit", min=1, help="Largest max_tokens accepted."),
+    ) -> None:
+        """Run the coordinator: peer registry, deployments and the OpenAI-compatible API."""
+        import uvicorn
+
+        from prismn.coordinator.app import create_app
+        from prismn.coordinator.settings import Settings
+        from prismn.coordinator.store import safe_url
+
+        lat, lon = (0.0, 0.0)
+        if city or location:
+            lat, lon, _, _ = parse_location(location, city)
+        if db is None:
+            _home().mkdir(parents=True, exist_ok=True)
+            db = f"sqlite:///{_home() / 'coordinator.db'}"
+        url = f"http://{host}:{port}"
+        settings = Settings(db_url=db, join_token=token, api_key=api_key, lat=lat, lon=lon, lease_s=lease_s,
+                            heartbeat_s=heartbeat_s, emulate_wan=emulate_wan, max_tokens_limit=max_tokens,
+                            public_url=url)
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+        app = create_app(settings)
+        tok = app.state.prismn.token
+        print(f"Prismn coordinator on {url} (store: {safe_url(db)})", flush=True)
+        print(f"join token: {tok}", flush=True)
+        print(f"start a peer: prismn peer --coordinator {url} --token {tok} --city Oslo", flush=True)
+        uvicorn.run(app, host=host, port=port, log_level="warning")
+
+    @app.command("peer")
+    def peer(
+        coordinator: str = typer.Option(..., "--coordinator", help="Coordinator URL."),
+        token: str = typer.Option(..., "--token", envvar="PRISMN_JOIN_TOKEN", help="The swarm's join token."),
+        city: str = typer.Option(None, "--city", help="A known city this peer stands in."),
+        location: str = typer.Option(None, "--location", help="'LAT,LON' of this peer."),
+        zone: str = typer.Option(None, "--zone", help="Electricity Maps zone (default: from the location)."),
+        vram: float = typer.Option(None, "--vram", min=0.0, help="Free VRAM (GiB) to offer (default: detected)."),
+        gpu: str = typer.Option(None, "--gpu", help="GPU name (default: detected via NVML, else CPU)."),
+        peer_id: str = typer.Option(None, "--id", help="Peer id (default: city or host name + port)."),
+        listen: str = typer.Option("127.0.0.1:0", "--listen", help="HOST:PORT of the stage server."),
+        advertise: str = typer.Option(None, "--advertise-host", help="Host other peers should dial."),
+        pue: float = typer.Option(None, "--pue", min=1.0, help="Site PUE (default: 1.56)."),
+        carbon_intensity: float = typer.Option(None, "--carbon-intensity", min=0.0,
+                                               help="Override the grid intensity (g/kWh)."),
+        bench_model: list[str] = typer.Option([], "--bench-model",
+                                               help="Prepared model to time at start (repeatable)."),
+        bench_lock: str = typer.Option(None, "--bench-lock", hidden=True,
+                                       help="Lock file shared by peers on one machine: time one at a time."),
+    ) -> None:
+        """Run a peer: serve stages for a coordinator, keep a lease, re-join on its own."""
+        from prismn.gpus import lookup_gpu
+        from prismn.peer.agent import PeerAgent, PeerConfig, benchmark
+        from prismn.peer.hardware import detect
+        lat, lon, city_zone, city_name = parse_location(location, city)
+        hw = detect()
+        gpu_name = lookup_gpu(gpu or hw.gpu).name  # one clear line for an unknown GPU
+        lhost, _, lport_s = listen.rpartition(":")
+        if not lhost or not lport_s.isdigit() or int(lport_s) > 65535:
+            raise PrismnError(f"--listen {listen!r} must be HOST:PORT (port 0 picks a free one)")
+        lport = int(lport_s)
+        pid = peer_id or f"{(city_name or socket.gethostname()).lower().replace(' ', '-')}-{os.getpid()}"
+        cfg = PeerConfig(coordinator=coordinator, token=token, peer_id=pid, lat=lat, lon=lon, gpu=gpu_name,
+                         free_vram_gb=vram if vram is not None else hw.free_vram_gb, zone=zone or city_zone,
+                         city=city_name, carbon_intensity=carbon_intensity, pue=pue, listen_host=lhost,
+                         listen_port=lport, advertise_host=advertise, bench_models=list(bench_model),
+                         bench_lock=bench_lock)
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+
+        async def amain() -> None:
+            from prismn.runtime.server import StageServer
+
+            server = StageServer(None, peer_id=pid, allow_load=True, bench=True)
+            await server.start(lhost, lport)
+            agent = PeerAgent(cfg, server)
+            for m in cfg.bench_models:
+                agent.measurements.append(await asyncio.to_thread(benchmark, m, cfg.bench_lock))
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, agent.stopping.set)
+            print(f"peer {pid} serving stages on {agent.data_addr} ({gpu_name}, {cfg.free_vram_gb:.2f} GiB); "
+                  f"joining {coordinator}", flush=True)
+            try:
+                await agent.run()
+            finally:
+                await agent.aclose()
+                await server.stop()
+
+        asyncio.run(amain())

@@ -1,0 +1,105 @@
+"""Peer registry and leases: join, heartbeat, expiry; and the live swarm the planner sees."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import select
+
+from prismn.coordinator.schemas import HeartbeatRequest, JoinRequest
+from prismn.coordinator.settings import Settings
+from prismn.coordinator.store import PeerRow, Store, utcnow
+from prismn.errors import SwarmError
+from prismn.swarm import CLIENT, Swarm, parse_swarm
+
+
+class UnknownPeer(KeyError):
+    pass
+
+
+class Registry:
+    def __init__(self, store: Store, settings: Settings):
+        self.store = store
+        self.settings = settings
+
+    def join(self, req: JoinRequest) -> PeerRow:
+        """Register (or re-register) a peer and give it a fresh lease. Raises SwarmError on bad data."""
+        # the same validation as a swarm file: unknown GPU or zone is one clear line, nothing stored
+        probe = {k: v for k, v in req.model_dump(include={"id", "lat", "lon", "free_vram_gb", "gpu", "zone",
+                                                          "carbon_intensity", "pue", "bandwidth_mbps"}).items()
+                 if v is not None}
+        parse_swarm({"coordinator": {"lat": 0, "lon": 0}, "peers": [probe]})
+        now = utcnow()
+        lease = now + timedelta(seconds=self.settings.lease_s)
+        fields: dict[str, Any] = req.model_dump(exclude={"id"})
+        fields["measurements"] = [m.model_dump() for m in req.measurements]
+        with self.store.session() as s:
+            row = s.get(PeerRow, req.id)
+            if row is None:
+                row = PeerRow(id=req.id, joined_at=now, joins=1, **fields)
+                s.add(row)
+            else:
+                for k, v in fields.items():
+                    setattr(row, k, v)
+                row.joins += 1
+            row.status, row.last_seen, row.lease_expires = "online", now, lease
+        return row
+
+    def heartbeat(self, peer_id: str, req: HeartbeatRequest) -> PeerRow:
+        now = utcnow()
+        with self.store.session() as s:
+            row = s.get(PeerRow, peer_id)
+            if row is None:
+                raise UnknownPeer(peer_id)
+            if req.free_vram_gb is not None:
+                row.free_vram_gb = req.free_vram_gb
+            if req.measurements is not None:
+                row.measurements = [m.model_dump() for m in req.measurements]
+            if req.rtt_ms is not None:
+                row.rtt_ms = dict(req.rtt_ms)
+            if req.stage is not None:
+                row.stage = req.stage
+            row.status, row.last_seen = "online", now
+            row.lease_expires = now + timedelta(seconds=self.settings.lease_s)
+        return row
+
+    def grace(self) -> None:
+        """At start: peers could not heartbeat while the coordinator was away, so renew their leases once."""
+        until = utcnow() + timedelta(seconds=self.settings.lease_s)
+        with self.store.session() as s:
+            for r in s.scalars(select(PeerRow).where(PeerRow.status == "online")):
+                r.lease_expires = max(r.lease_expires, until)
+
+    def expire(self) -> list[str]:
+        """Mark peers whose lease ran out offline (never deleted); return their ids."""
+        now = utcnow()
+        with self.store.session() as s:
+            rows = list(s.scalars(select(PeerRow).where(PeerRow.status == "online", PeerRow.lease_expires < now)))
+            for r in rows:
+                r.status = "offline"
+            return [r.id for r in rows]
+
+    def addresses(self, exclude: str | None = None) -> dict[str, str]:
+        return {p.id: p.data_addr for p in self.store.peers("online") if p.id != exclude}
+
+    def swarm(self, peer_ids: list[str] | None = None) -> Swarm:
+        """The online peers as a Swarm for the planner (measured RTTs unless WAN is emulated)."""
+        rows = [p for p in self.store.peers("online") if peer_ids is None or p.id in peer_ids]
+        if not rows:
+            raise SwarmError("no peer is online: start peers with `prismn peer --coordinator URL --token T`")
+        ids = {p.id for p in rows}
+        peers, rtt = [], {}
+        for p in rows:
+            peer = {"id": p.id, "lat": p.lat, "lon": p.lon, "free_vram_gb": p.free_vram_gb, "gpu": p.gpu,
+                    "measurements": p.measurements or []}
+            for k in ("zone", "carbon_intensity", "pue", "bandwidth_mbps"):
+                if getattr(p, k) is not None:
+                    peer[k] = getattr(p, k)
+            peers.append(peer)
+            if not self.settings.emulate_wan:  # loopback RTTs would misdescribe an emulated world
+                row = {k: v for k, v in (p.rtt_ms or {}).items() if k in ids or k == CLIENT}
+                if row:
+                    rtt[p.id] = row
+        return parse_swarm({"coordinator": {"lat": self.settings.lat, "lon": self.settings.lon},
+                            "peers": peers, "rtt_ms": rtt})

