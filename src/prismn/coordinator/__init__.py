@@ -1,0 +1,1 @@
+"""The coordinator service: registry and leases, store, deployments, OpenAI-compatible API, metrics."""
