@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from prismn.geo import _in_ring  # the point-in-polygon the product itself uses
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "src" / "prismn" / "data"
 JSON_FILES = ["grid_zones.json", "grid_countries.json", "countries.json", "cities.json",
@@ -116,18 +118,6 @@ def test_cloud_regions():
     assert by[("aws", "us-east-1")]["zone"] == "US-MIDA-PJM"
     assert by[("gcp", "europe-west9")]["zone"] == "FR"
     assert by[("azure", "norwayeast")]["zone"] == "NO-NO1"
-
-
-def _in_ring(lon, lat, ring):
-    inside = False
-    j = len(ring) - 1
-    for i in range(len(ring)):
-        xi, yi = ring[i]
-        xj, yj = ring[j]
-        if (yi > lat) != (yj > lat) and lon < (xj - xi) * (lat - yi) / (yj - yi) + xi:
-            inside = not inside
-        j = i
-    return inside
 
 
 def _in_country(lon, lat, c):
