@@ -61,7 +61,10 @@ def register(app: typer.Typer) -> None:
         names = strategy_names() if compare else [strategy or _default_strategy()]
         evs = []
         for name in names:
-            prefs = PREFERENCES if (compare and name == "prismn-hackathon") else (preference,)
+            # compare each preference of the seed project, and prismn's two matching objectives
+            both = compare and (name == "prismn-hackathon" or (name == "prismn" and objective is None
+                                                               and max_latency_ms is None and max_gco2e is None))
+            prefs = PREFERENCES if both else (preference,)
             for pref in prefs:
                 req = PlanRequest(preference=pref, cost=cost, objective=objective, weight=weight,
                                   max_latency_ms=max_latency_ms, max_gco2e=max_gco2e, carbon_scope=carbon_scope)

@@ -25,6 +25,12 @@ def make_console() -> Console:
     return console
 
 
+def plan_label(ev: EvaluatedPlan) -> str:
+    """'prismn-hackathon (low-carbon)', 'prismn (latency)', 'petals'."""
+    tag = ev.plan.notes.get("preference") or ev.plan.notes.get("objective")
+    return ev.plan.strategy + (f" ({tag})" if tag else "")
+
+
 def plan_table(ev: EvaluatedPlan) -> Table:
     verdict = "[green]feasible[/green]" if ev.feasible else "[red]INFEASIBLE[/red]"
     t = Table(title=f"{ev.plan.strategy} — {ev.plan.model} — {verdict}", title_justify="left")
@@ -76,7 +82,7 @@ def comparison_table(evs: list[EvaluatedPlan], reference: EvaluatedPlan | None =
         t.add_column(f"latency / carbon vs {reference.plan.strategy}", justify="right")
     for ev in evs:
         m = ev.metrics
-        row = [ev.plan.strategy + (f" ({ev.plan.notes['preference']})" if "preference" in ev.plan.notes else ""),
+        row = [plan_label(ev),
                "[green]yes[/green]" if ev.feasible else "[red]no[/red]", str(m["peers_used"]),
                f"{m['latency_ms_per_token']:.1f}", f"{m['ttft_ms']:.0f}", f"{m['energy_j_per_token']:.2f}",
                f"{m['gco2e_per_token'] * 1e3:.3f}", f"{m['gco2e_total_per_token'] * 1e3:.3f}"]
@@ -102,7 +108,7 @@ def pareto_table(front, baselines: list[EvaluatedPlan]) -> Table:
                   f"{m['mean_intensity_g_per_kwh']:.0f}", "yes" if ev.plan.notes.get("optimal") else "no")
     for ev in baselines:
         m = ev.metrics
-        name = ev.plan.strategy + (f" ({ev.plan.notes['preference']})" if "preference" in ev.plan.notes else "")
+        name = plan_label(ev)
         t.add_row(name, f"{m['latency_ms_per_token']:.2f}", _fmt_g(m[metric]), str(m["peers_used"]),
                   f"{m['mean_intensity_g_per_kwh']:.0f}", "[red]infeasible[/red]" if not ev.feasible else "baseline")
     return t
@@ -123,7 +129,7 @@ def plot_pareto(front, baselines: list[EvaluatedPlan], path, title: str = "") ->
     markers = {"tandemn": "s", "prismn-hackathon": "^", "petals": "D"}
     for ev in baselines:
         m = ev.metrics
-        name = ev.plan.strategy + (f" ({ev.plan.notes['preference']})" if "preference" in ev.plan.notes else "")
+        name = plan_label(ev)
         style = {} if ev.feasible else {"facecolors": "none", "edgecolors": "red", "linewidths": 1.5}
         ax.scatter([m["latency_ms_per_token"]], [m[metric] * 1000], marker=markers.get(ev.plan.strategy, "x"),
                    s=60, label=name + ("" if ev.feasible else " (infeasible)"), **style)
