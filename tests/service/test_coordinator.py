@@ -115,7 +115,7 @@ def test_deploy_and_stream_through_the_openai_client(cluster):
     usage = chunks[-1].usage
     assert usage is not None and usage.completion_tokens >= 1
     carbon = usage.model_extra["carbon"]
-    assert carbon["gco2e"] > 0 and carbon["joules"] > 0
+    assert carbon["gco2e"] > 0 and carbon["joules"] > 0 and carbon["decode_gco2e_per_token"] > 0
     assert {s["peer"] for s in carbon["stages"]} == {s["peer"] for s in stages}
     for s in carbon["stages"]:
         assert s["intensity_source"] and s["intensity_year"] and s["zone"]

@@ -14,15 +14,24 @@ ENERGY_BASIS = ("measured stage compute time x modelled power (TDP x 0.65 active
 
 def build_receipt(plan: dict[str, Any], swarm: Swarm, traces: list[list[Any]], prompt_tokens: int,
                   completion_tokens: int, stats: dict[str, Any], emulated: bool) -> dict[str, Any]:
-    """Sum each peer's measured compute seconds over the request and price them with the cost model."""
+    """Sum each peer's measured compute seconds over the request and price them with the cost model.
+
+    traces[0] is the prefill step; the rest are decode steps, which is what the plan's per-token
+    prediction describes, so the decode-only figure is reported beside the whole request's.
+    """
     compute_s: dict[str, float] = defaultdict(float)
-    for trace in traces:
+    decode_s: dict[str, float] = defaultdict(float)
+    for step, trace in enumerate(traces):
         for entry in trace:
             try:
-                compute_s[str(entry[0])] += float(entry[1])
+                peer_id, seconds = str(entry[0]), float(entry[1])
             except (TypeError, ValueError, IndexError):
                 continue
-    stages, joules, grams, embodied = [], 0.0, 0.0, 0.0
+            compute_s[peer_id] += seconds
+            if step > 0:
+                decode_s[peer_id] += seconds
+    decode_steps = max(0, len(traces) - 1)
+    stages, joules, grams, embodied, decode_g = [], 0.0, 0.0, 0.0, 0.0
     for st in plan["stages"]:
         peer = swarm.peer(st["peer"]) if st["peer"] in swarm.index else None
         if peer is None:
@@ -33,6 +42,7 @@ def build_receipt(plan: dict[str, Any], swarm: Swarm, traces: list[list[Any]], p
         joules += j
         grams += g
         embodied += t * CostModel.embodied_g_per_s(peer)
+        decode_g += decode_s.get(peer.id, 0.0) * CostModel.power_w(peer) * peer.intensity.g_per_kwh / 3.6e6
         stages.append({"peer": peer.id, "layers": st["layers"], "zone": peer.intensity.zone,
                        "intensity_g_per_kwh": peer.intensity.g_per_kwh, "intensity_source": peer.intensity.source,
                        "intensity_year": peer.intensity.year, "signal": peer.intensity.signal,
@@ -47,6 +57,8 @@ def build_receipt(plan: dict[str, Any], swarm: Swarm, traces: list[list[Any]], p
         "gco2e_embodied": embodied,
         "joules": joules + net_j,
         "gco2e_per_token": (grams + net_g) / completion_tokens if completion_tokens else 0.0,
+        "decode_gco2e_per_token": (decode_g / decode_steps + m.get("gco2e_network_per_token", 0.0)
+                                   if decode_steps else None),
         "energy_basis": ENERGY_BASIS,
         "measured": {
             "latency_ms_per_token": stats.get("latency_ms_per_token"),
