@@ -82,7 +82,7 @@ def _first_error(exc: RequestValidationError) -> str:
     if err.get("type") == "json_invalid":
         return "the request body is not valid JSON: send a JSON object"
     loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body") or "body"
-    return f"{loc}: {err.get('msg', 'invalid')}"
+    return f"{loc}: {str(err.get('msg', 'invalid')).removeprefix('Value error, ')}"
 
 
 def create_app(settings: Settings) -> FastAPI:

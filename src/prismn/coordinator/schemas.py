@@ -6,23 +6,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from prismn.swarm import Measurement
+from prismn.swarm import Measurement, PeerIn
 
 
-class JoinRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:\-]+$")
-    lat: float = Field(ge=-90, le=90)
-    lon: float = Field(ge=-180, le=180)
-    free_vram_gb: float = Field(ge=0)
+class JoinRequest(PeerIn):
+    """A peer as a swarm file describes it, plus where its stage server listens and what it measured."""
+
     gpu: str = "CPU"
-    zone: str | None = None
-    city: str | None = None
-    carbon_intensity: float | None = Field(default=None, ge=0, le=3000)
-    pue: float | None = Field(default=None, ge=1.0, le=3.0)
-    bandwidth_mbps: float | None = Field(default=None, gt=0)
     data_addr: str = Field(min_length=3, max_length=256, description="host:port of the peer's stage server")
-    measurements: list[Measurement] = []
     rtt_ms: dict[str, float] = {}
     stage: dict[str, Any] | None = None
 
