@@ -112,3 +112,20 @@ def test_gpu_names_people_write(name):
 def test_gpu_variants_are_distinct():
     assert lookup_gpu("A100 40GB").vram_gb == 40
     assert lookup_gpu("A100").vram_gb == 80
+
+
+@pytest.mark.parametrize("reported,expected", [
+    ("NVIDIA A100-SXM4-80GB", "A100"), ("NVIDIA A100-SXM4-40GB", "A100 40GB"), ("NVIDIA H100 80GB HBM3", "H100"),
+    ("NVIDIA H100 PCIe", "H100 PCIe"), ("NVIDIA GeForce RTX 4090", "RTX 4090"), ("Tesla T4", "T4"),
+    ("NVIDIA L4", "L4"), ("CPU", "CPU"),
+])
+def test_driver_reported_gpu_names_match_the_catalog(reported, expected):
+    from prismn.gpus import match_gpu
+
+    assert match_gpu(reported) == lookup_gpu(expected)
+
+
+def test_unknown_driver_name_is_none():
+    from prismn.gpus import match_gpu
+
+    assert match_gpu("Voodoo5 6000") is None

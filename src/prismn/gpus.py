@@ -66,3 +66,17 @@ def lookup_gpu(name: str | None) -> GPU:
             f"(see `prismn gpus`), or leave gpu out to assume {DEFAULT_GPU}"
         )
     return gpu
+
+
+def match_gpu(reported: str) -> GPU | None:
+    """The catalog entry for a name a driver reports ('NVIDIA A100-SXM4-80GB', 'NVIDIA H100 80GB HBM3').
+
+    Tries the whole name, then drops trailing words (memory size, memory type, form factor) one at a time.
+    """
+    by_key, _ = _catalog()
+    words = [w for w in re.split(r"[\s\-_]+", reported.strip()) if w]
+    for n in range(len(words), 0, -1):
+        gpu = by_key.get(normalise(" ".join(words[:n])))
+        if gpu is not None:
+            return gpu
+    return None

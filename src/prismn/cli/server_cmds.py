@@ -107,12 +107,19 @@ def register(app: typer.Typer) -> None:
                                        help="Lock file shared by peers on one machine: time one at a time."),
     ) -> None:
         """Run a peer: serve stages for a coordinator, keep a lease, re-join on its own."""
-        from prismn.gpus import lookup_gpu
+        from prismn.gpus import lookup_gpu, match_gpu
         from prismn.peer.agent import PeerAgent, PeerConfig, benchmark
         from prismn.peer.hardware import detect
         lat, lon, city_zone, city_name = parse_location(location, city)
         hw = detect()
-        gpu_name = lookup_gpu(gpu or hw.gpu).name  # one clear line for an unknown GPU
+        if gpu:
+            gpu_name = lookup_gpu(gpu).name  # one clear line for an unknown GPU
+        else:
+            found = match_gpu(hw.gpu)
+            if found is None:
+                raise PrismnError(f"detected GPU {hw.gpu!r} is not in the catalog: pass --gpu with the closest "
+                                  "name from `prismn gpus`")
+            gpu_name = found.name
         lhost, _, lport_s = listen.rpartition(":")
         if not lhost or not lport_s.isdigit() or int(lport_s) > 65535:
             raise PrismnError(f"--listen {listen!r} must be HOST:PORT (port 0 picks a free one)")
