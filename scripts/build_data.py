@@ -138,7 +138,7 @@ def num(x: float) -> float:
 
 
 def norm_gpu(s: str) -> str:
-    """The lookup normalisation Prismn uses for GPU names (keep in sync with prismn.hardware)."""
+    """Like prismn.gpus.normalise (this script runs without Prismn installed); tests check the real one."""
     s = s.strip().lower()
     changed = True
     while changed:

@@ -11,7 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from prismn.geo import _in_ring  # the point-in-polygon the product itself uses
+from prismn.geo import _in_ring
+from prismn.gpus import (
+    normalise,  # the lookup the product uses  # the point-in-polygon the product itself uses
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "src" / "prismn" / "data"
@@ -36,19 +39,6 @@ def countries_grid():
 @pytest.fixture(scope="module")
 def polygons():
     return load("countries.json")["countries"]
-
-
-def norm_gpu(s: str) -> str:
-    """Same normalisation as scripts/build_data.py:norm_gpu (case, spaces, dashes, vendor prefix)."""
-    s = s.strip().lower()
-    changed = True
-    while changed:
-        changed = False
-        for p in ("nvidia", "geforce", "tesla"):
-            if s.startswith(p + " ") or s.startswith(p + "-") or s.startswith(p + "_"):
-                s = s[len(p) + 1:].lstrip()
-                changed = True
-    return re.sub(r"[\s\-_]+", "", s)
 
 
 def test_all_files_load_and_are_small():
@@ -167,7 +157,7 @@ def test_gpus():
     owner = {}
     for g in gpus:
         for a in [g["name"], *g["aliases"]]:
-            k = norm_gpu(a)
+            k = normalise(a)
             assert owner.get(k, g["name"]) == g["name"], (a, owner.get(k), g["name"])
             owner[k] = g["name"]
         for f in ("vram_gb", "mem_bw_gbps", "fp16_tflops", "tdp_w"):
@@ -184,7 +174,7 @@ def test_gpus():
                     ("a100-80gb", "A100 SXM 80GB"), ("RTX 3090", "RTX 3090"), ("rtx3090", "RTX 3090"),
                     ("GeForce RTX 4090", "RTX 4090"), ("NVIDIA GeForce RTX 4090", "RTX 4090"),
                     ("L40S", "L40S"), ("T4", "T4"), ("Tesla T4", "T4"), ("nvidia h100", "H100 SXM")]:
-        assert owner.get(norm_gpu(q)) == want, q
+        assert owner.get(normalise(q)) == want, q
 
 
 def test_models():

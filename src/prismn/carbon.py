@@ -34,10 +34,6 @@ class Intensity:
     def to_json(self) -> dict:
         return asdict(self)
 
-    def label(self) -> str:
-        year = f" {self.year}" if self.year else ""
-        return f"{self.source}{year}"
-
 
 class CarbonProvider(Protocol):
     name: str

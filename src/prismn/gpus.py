@@ -52,10 +52,6 @@ def _catalog() -> tuple[dict[str, GPU], list[str]]:
     return by_key, names
 
 
-def known_gpu_names() -> list[str]:
-    return list(_catalog()[1])
-
-
 def lookup_gpu(name: str | None) -> GPU:
     """The catalog entry for a name as people write it; None gives DEFAULT_GPU."""
     by_key, names = _catalog()

@@ -118,9 +118,6 @@ class ModelSpec:
     def head_flops_per_token(self) -> float:
         return 2.0 * self.head_params
 
-    def with_dtype(self, dtype: str) -> ModelSpec:
-        return _replace(self, dtype=normalise_dtype(dtype))
-
     def summary(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -135,12 +132,6 @@ class ModelSpec:
             "kv_bytes_per_token_per_layer": self.kv_bytes_per_token_per_layer(),
             "activation_bytes_per_token": self.activation_bytes_per_token,
         }
-
-
-def _replace(spec: ModelSpec, **kw: Any) -> ModelSpec:
-    from dataclasses import replace
-
-    return replace(spec, **kw)
 
 
 def spec_from_config(config: dict[str, Any], name: str, dtype: str | None = None) -> ModelSpec:
