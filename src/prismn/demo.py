@@ -165,16 +165,17 @@ class Demo:
             j = sum(s["joules"] for s in rec["stages"]) or 1.0
             grid = sum(s["joules"] * s["intensity_g_per_kwh"] for s in rec["stages"]) / j
             t.add_row(label, " > ".join(s["peer"] for s in dep["plan"]["stages"]),
-                      f"{rec['measured']['latency_ms_per_token']:.1f}", f"{rec['predicted']['latency_ms_per_token']:.1f}",
-                      f"{rec['decode_gco2e_per_token'] * 1e3:.4f}",
-                      f"{rec['predicted']['gco2e_per_token'] * 1e3:.4f}", f"{rec['gco2e_per_token'] * 1e3:.4f}",
-                      f"{grid:.0f}")
+                      _num(rec["measured"]["latency_ms_per_token"], "{:.1f}"),
+                      _num(rec["predicted"]["latency_ms_per_token"], "{:.1f}"),
+                      _num(rec["decode_gco2e_per_token"], "{:.4f}", 1e3),
+                      _num(rec["predicted"]["gco2e_per_token"], "{:.4f}", 1e3),
+                      _num(rec["gco2e_per_token"], "{:.4f}", 1e3), f"{grid:.0f}")
         if len(done) == 2:
             (_, _, a), (_, _, b) = done
             t.add_row("ratio prismn / hackathon", "",
-                      f"{b['measured']['latency_ms_per_token'] / a['measured']['latency_ms_per_token']:.2f}x", "",
-                      f"{b['decode_gco2e_per_token'] / a['decode_gco2e_per_token']:.2f}x", "",
-                      f"{b['gco2e_per_token'] / a['gco2e_per_token']:.2f}x", "")
+                      _ratio(b["measured"]["latency_ms_per_token"], a["measured"]["latency_ms_per_token"]), "",
+                      _ratio(b["decode_gco2e_per_token"], a["decode_gco2e_per_token"]), "",
+                      _ratio(b["gco2e_per_token"], a["gco2e_per_token"]), "")
         c.print(t)
 
     def close(self) -> None:
@@ -188,6 +189,15 @@ class Demo:
                 p.kill()
         if not os.environ.get("PRISMN_KEEP_DEMO"):
             shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _num(x: float | None, fmt: str, scale: float = 1.0) -> str:
+    """A measured figure, or n/a where it does not exist (nothing decoded after the first token)."""
+    return "n/a" if x is None else fmt.format(x * scale)
+
+
+def _ratio(b: float | None, a: float | None) -> str:
+    return "n/a" if not a or b is None else f"{b / a:.2f}x"
 
 
 def run_demo(console: Console, max_tokens: int = 24) -> None:

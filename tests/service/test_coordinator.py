@@ -131,6 +131,22 @@ def test_deploy_and_stream_through_the_openai_client(cluster):
     c = client.completions.create(model="tiny-chat", prompt="Oslo is", max_tokens=4, temperature=0, seed=3)
     assert c.usage.completion_tokens >= 1 and "carbon" in c.usage.model_extra
 
+    # one token means no decode step: no per-token latency exists, and the receipt says null, not NaN
+    # (PostgreSQL's json refuses NaN, and NaN is not JSON at all)
+    for stream in (False, True):
+        r = httpx.post(cluster.url + "/v1/chat/completions", timeout=120, json={
+            "model": "tiny-chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1,
+            "stream": stream})
+        assert r.status_code == 200, r.text
+        assert "NaN" not in r.text
+    one = client.chat.completions.create(model="tiny-chat", messages=[{"role": "user", "content": "hi"}],
+                                         max_tokens=1)
+    assert one.usage.completion_tokens == 1
+    assert one.usage.model_extra["carbon"]["measured"]["latency_ms_per_token"] is None
+    stored = cluster.api("GET", "/v1/receipts", params={"limit": 3}).json()["data"]
+    assert len(stored) == 3 and stored[0]["completion_tokens"] == 1 and stored[0]["ms_per_token"] is None
+    assert stored[0]["receipt"]["stages"] and stored[0]["deployment"] == dep["id"]
+
 
 def test_bad_requests_are_4xx_with_a_clear_message_and_lose_nothing(cluster):
     before = cluster.api("GET", "/v1/deployments").json()["data"]

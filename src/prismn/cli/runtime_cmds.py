@@ -221,8 +221,10 @@ def register(app: typer.Typer) -> None:
                                       "route": ["client", *[h.peer_id for h in hops], "client"]}))
                 else:
                     print()
-                    print(f"{st['new_tokens']} tokens, first after {st['ttft_ms']:.0f} ms, then "
-                          f"{st['latency_ms_per_token']:.1f} ms/token{tag}", file=sys.stderr)
+                    rate = (f", then {st['latency_ms_per_token']:.1f} ms/token"
+                            if st["latency_ms_per_token"] is not None else "")
+                    print(f"{st['new_tokens']} tokens, first after {st['ttft_ms']:.0f} ms{rate}{tag}",
+                          file=sys.stderr)
         except PrismnError as e:
             raise _fail(str(e)) from None
 

@@ -10,7 +10,7 @@ import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -61,7 +61,7 @@ class State:
         with self.store.session() as s:
             s.add(ReceiptRow(id=secrets.token_hex(12), deployment_id=dep_id, prompt_tokens=prompt,
                              completion_tokens=completion, gco2e=receipt["gco2e"], joules=receipt["joules"],
-                             ms_per_token=receipt["measured"]["latency_ms_per_token"] or 0.0, receipt=receipt))
+                             ms_per_token=receipt["measured"]["latency_ms_per_token"], receipt=receipt))
 
     async def sweep(self) -> None:
         while True:
@@ -180,6 +180,15 @@ def create_app(settings: Settings) -> FastAPI:
             return deployment_json(await state.deployer.stop(dep_id))
         except KeyError:
             raise ApiError(404, f"no deployment {dep_id!r}: list them with GET /v1/deployments") from None
+
+    @app.get("/v1/receipts")
+    async def receipts(request: Request, limit: int = Query(50, ge=1, le=1000),
+                       deployment: str | None = None) -> dict[str, Any]:
+        state.check_token(request)
+        return {"data": [{"id": r.id, "deployment": r.deployment_id, "created": r.created_at.isoformat() + "Z",
+                          "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
+                          "gco2e": r.gco2e, "joules": r.joules, "ms_per_token": r.ms_per_token,
+                          "receipt": r.receipt} for r in state.store.receipts(limit, deployment)]}
 
     @app.get("/metrics")
     async def metrics() -> Response:

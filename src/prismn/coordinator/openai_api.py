@@ -128,7 +128,7 @@ class Generation:
         m.joules.labels(model).inc(self.receipt["joules"])
         if stats.get("ttft_ms") is not None:
             m.ttft.labels(model).observe(stats["ttft_ms"] / 1e3)
-        if stats.get("latency_ms_per_token") == stats.get("latency_ms_per_token"):  # not NaN
+        if stats.get("latency_ms_per_token") is not None:  # None when nothing was decoded after the first token
             m.latency.labels(model).observe(stats["latency_ms_per_token"] / 1e3)
         m.requests.labels(model, "ok").inc()
         self.state.store_receipt(runner.dep_id, len(self.prompt_ids), len(self.ids), self.receipt)

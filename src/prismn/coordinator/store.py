@@ -83,7 +83,7 @@ class ReceiptRow(Base):
     completion_tokens: Mapped[int] = mapped_column(Integer)
     gco2e: Mapped[float] = mapped_column(Float)
     joules: Mapped[float] = mapped_column(Float)
-    ms_per_token: Mapped[float] = mapped_column(Float)
+    ms_per_token: Mapped[float | None] = mapped_column(Float, nullable=True)  # None: nothing decoded after token 1
     receipt: Mapped[dict] = mapped_column(JSON)
 
 
@@ -148,6 +148,14 @@ class Store:
     def deployments(self) -> list[DeploymentRow]:
         with self.session() as s:
             return list(s.scalars(select(DeploymentRow).order_by(DeploymentRow.created_at)))
+
+    def receipts(self, limit: int, deployment_id: str | None = None) -> list[ReceiptRow]:
+        """The newest receipts first."""
+        with self.session() as s:
+            q = select(ReceiptRow).order_by(ReceiptRow.created_at.desc(), ReceiptRow.id).limit(limit)
+            if deployment_id:
+                q = q.where(ReceiptRow.deployment_id == deployment_id)
+            return list(s.scalars(q))
 
 
 def safe_url(url: str) -> str:

@@ -63,20 +63,22 @@ class GenerationStats:
     stop_reason: str = ""
     emulated: bool = False
 
+    # None, not NaN, when nothing was decoded after the first token (max_tokens=1, or EOS at once):
+    # NaN is not JSON, and PostgreSQL's json type refuses it.
     @property
-    def s_per_token(self) -> float:
-        return statistics.fmean(self.step_s) if self.step_s else float("nan")
+    def s_per_token(self) -> float | None:
+        return statistics.fmean(self.step_s) if self.step_s else None
 
     @property
-    def tokens_per_s(self) -> float:
-        return 1.0 / self.s_per_token if self.step_s else float("nan")
+    def tokens_per_s(self) -> float | None:
+        return 1.0 / statistics.fmean(self.step_s) if self.step_s else None
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "prompt_tokens": self.prompt_tokens,
             "new_tokens": self.new_tokens,
             "ttft_ms": self.ttft_s * 1e3,
-            "latency_ms_per_token": self.s_per_token * 1e3,
+            "latency_ms_per_token": self.s_per_token * 1e3 if self.step_s else None,
             "median_ms_per_token": statistics.median(self.step_s) * 1e3 if self.step_s else None,
             "compute_ms_per_token": statistics.fmean(self.compute_s) * 1e3 if self.compute_s else None,
             "tokens_per_s": self.tokens_per_s,
