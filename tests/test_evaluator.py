@@ -99,3 +99,8 @@ def test_measured_layer_time_is_preferred(swarm_factory):
     ev = evaluate_plan(Plan("t", SPEC.name, [Stage("cpu", 0, 32, embedding=True, head=True)]), SPEC, sw)
     assert ev.stages[0]["time_source"] == "measured"
     assert ev.metrics["compute_ms_per_token"] == pytest.approx(32 * 10 + 20 + 0.0)
+    # a measurement that says where it came from carries that into the plan
+    sw.peers[0].measurements[0] = sw.peers[0].measurements[0].model_copy(
+        update={"source": "prismn stage self-benchmark (decode, batch 1)"})
+    ev = evaluate_plan(Plan("t", SPEC.name, [Stage("cpu", 0, 32, embedding=True, head=True)]), SPEC, sw)
+    assert ev.stages[0]["time_source"] == "measured (prismn stage self-benchmark (decode, batch 1))"

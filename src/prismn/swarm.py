@@ -41,6 +41,7 @@ class Measurement(BaseModel):
     s_per_layer: float = Field(gt=0)
     s_head: float = Field(default=0.0, ge=0)
     s_embed: float = Field(default=0.0, ge=0)
+    source: str | None = Field(default=None, max_length=200)  # e.g. "observed: median of 40 decode steps served"
 
 
 class PeerIn(BaseModel):

@@ -46,3 +46,24 @@ def test_split_matches_unsplit(arch, k, tiny, bare_pool):
         # every stage freed the session when the generation ended
         infos = pipe._run(pipe.client.refresh_info())
         assert [i["sessions"]["open"] for i in infos] == [0] * k
+
+
+@pytest.mark.slow
+def test_stages_report_observed_decode_timing_under_the_served_name(tiny, bare_pool):
+    """A loaded stage times the decode steps it serves and labels them with the model's served name:
+    what a peer reports to the coordinator in place of its start-up benchmark (see PeerAgent)."""
+    from prismn.runtime.client import Hop, Pipeline
+
+    ckpt, _ = tiny["llama"]
+    hops = [Hop(f"s{i}", bare_pool[i].address, layers) for i, layers in enumerate(SPLITS[2])]
+    with Pipeline(hops) as pipe:
+        pipe.load(str(ckpt), name="tiny-served")
+        assert all(info["observed"] is None for info in pipe.infos)  # nothing served yet
+        list(pipe.generate(PROMPT, max_new_tokens=20))
+        infos = pipe._run(pipe.client.refresh_info())
+    for info in infos:
+        seen = info["observed"]
+        assert seen["model"] == "tiny-served" and seen["dtype"] == "fp32"
+        assert seen["steps"] == 19  # decode steps only: the prefill is not a per-token time
+        assert 0 < seen["s_per_layer"] <= seen["s_step"]
+        assert "observed" in seen["source"]

@@ -147,6 +147,14 @@ def test_deploy_and_stream_through_the_openai_client(cluster):
     assert len(stored) == 3 and stored[0]["completion_tokens"] == 1 and stored[0]["ms_per_token"] is None
     assert stored[0]["receipt"]["stages"] and stored[0]["deployment"] == dep["id"]
 
+    # each peer of the plan shows what its stage really took per decode step (named as the plan names
+    # the model) beside the benchmark the planner used
+    def observed_everywhere():
+        peers = {p["id"]: p for p in cluster.api("GET", "/v1/peers").json()["data"]}
+        seen = [(peers[s["peer"]]["stage"] or {}).get("observed") for s in stages]
+        return all(o and o["model"] == str(cluster.ckpt) and o["steps"] >= 16 for o in seen)
+    wait_for(observed_everywhere, 20, "observed decode timings in the peer listing")
+
 
 def test_bad_requests_are_4xx_with_a_clear_message_and_lose_nothing(cluster):
     before = cluster.api("GET", "/v1/deployments").json()["data"]

@@ -56,6 +56,10 @@ def register(app: typer.Typer) -> None:
         location: str = typer.Option(None, "--location", help="'LAT,LON' of the coordinator."),
         lease_s: float = typer.Option(15.0, "--lease-s", min=1.0, help="Lease length for peers."),
         heartbeat_s: float = typer.Option(5.0, "--heartbeat-s", min=0.2, help="Heartbeat period for peers."),
+        rejoin_grace_s: float = typer.Option(
+            10.0, "--rejoin-grace-s", min=0.0,
+            help="After a restart, extra seconds (beyond one lease) for peers to come back before they count as "
+                 "offline; cover the peers' back-off cap."),
         emulate_wan: bool = typer.Option(False, "--emulate-wan",
                                          help="Delay each link by RTT/2 estimated from the peers' locations."),
         max_tokens: int = typer.Option(1024, "--max-tokens-limit", min=1, help="Largest max_tokens accepted."),
@@ -75,7 +79,7 @@ def register(app: typer.Typer) -> None:
             db = f"sqlite:///{_home() / 'coordinator.db'}"
         url = f"http://{host}:{port}"
         settings = Settings(db_url=db, join_token=token, api_key=api_key, lat=lat, lon=lon, lease_s=lease_s,
-                            heartbeat_s=heartbeat_s, emulate_wan=emulate_wan, max_tokens_limit=max_tokens,
+                            heartbeat_s=heartbeat_s, rejoin_grace_s=rejoin_grace_s, emulate_wan=emulate_wan, max_tokens_limit=max_tokens,
                             public_url=url)
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
         logging.getLogger("httpx").setLevel(logging.WARNING)

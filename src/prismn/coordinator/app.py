@@ -91,6 +91,7 @@ def create_app(settings: Settings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.registry.grace()
+        state.deployer.mark_restoring()
         sweeper = asyncio.get_running_loop().create_task(state.sweep())
         restore = asyncio.get_running_loop().create_task(state.deployer.restore())
         try:

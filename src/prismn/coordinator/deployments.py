@@ -51,11 +51,15 @@ def resolve_checkpoint_path(model: str) -> str:
     return str(resolve_checkpoint(model).path)
 
 
+# states of a deployment that holds (or is about to hold) its peers' stages
+LIVE_STATES = ("ready", "loading", "replanning", "restoring")
+
+
 class Runner:
     """A loaded deployment: the pipeline client, its tokenizer and the plan it runs."""
 
     def __init__(self, dep_id: str, plan: dict[str, Any], addresses: dict[str, str], checkpoint: str,
-                 rtt: dict[str, dict[str, float]] | None, dtype: str):
+                 rtt: dict[str, dict[str, float]] | None, dtype: str, model: str):
         from prismn.runtime.client import Hop, PipelineClient
         from prismn.transport import RttMatrix
 
@@ -63,6 +67,7 @@ class Runner:
         self.plan = plan
         self.checkpoint = checkpoint
         self.dtype = dtype
+        self.model = model  # as clients name it: the stages put this name on their observed timings
         hops = [Hop(s["peer"], addresses[s["peer"]], tuple(s["layers"]), s["embedding"], s["head"])
                 for s in plan["stages"]]
         self.client = PipelineClient(hops, rtt=RttMatrix(rtt) if rtt else None)
@@ -73,7 +78,7 @@ class Runner:
     async def start(self, load: bool) -> None:
         await self.client.connect()
         if load:
-            await self.client.load(self.checkpoint, dtype=self.dtype)
+            await self.client.load(self.checkpoint, dtype=self.dtype, name=self.model)
         self.client.check_chain()
         if self.tokenizer is None:
             from transformers import AutoTokenizer
@@ -138,7 +143,7 @@ class Deployer:
         try:
             # a peer serves one stage at a time: peers busy with another live deployment are not candidates
             busy = {s["peer"] for d in self.store.deployments() if d.id != dep_id and d.plan
-                    and d.state in ("ready", "loading", "replanning") for s in d.plan["stages"]}
+                    and d.state in LIVE_STATES for s in d.plan["stages"]}
             online = [p.id for p in self.store.peers("online") if p.id not in exclude | busy]
             if not online:
                 raise PlanError("no free peer is online" + (f" ({len(busy)} serve other deployments)" if busy else ""))
@@ -153,7 +158,7 @@ class Deployer:
             old = self.runners.pop(dep_id, None)
             if old:
                 await old.close()
-            runner = Runner(dep_id, plan_json, self.registry.addresses(), row.checkpoint, rtt, spec.dtype)
+            runner = Runner(dep_id, plan_json, self.registry.addresses(), row.checkpoint, rtt, spec.dtype, spec.name)
             runner.swarm = swarm
             await runner.start(load=True)
             self.runners[dep_id] = runner
@@ -162,23 +167,32 @@ class Deployer:
             self._update(dep_id, state="failed", error=str(e))
             log.warning("deployment %s failed: %s", dep_id, e)
 
-    async def restore(self) -> None:
-        """After a restart: reconnect ready deployments to peers that still hold their stages."""
+    def mark_restoring(self) -> None:
+        """At start, before serving: a deployment the store calls live is not ready until `restore`
+        has reconnected it (clients and operators must not see a stale "ready")."""
         for row in self.store.deployments():
-            if row.state not in ("ready", "loading", "replanning") or not row.plan:
+            if row.state in LIVE_STATES and row.plan:
+                self._update(row.id, state="restoring")
+
+    async def restore(self) -> None:
+        """After a restart: reconnect live deployments to peers that still hold their stages."""
+        for row in self.store.deployments():
+            if row.state != "restoring":
                 continue
             req = DeploymentRequest.model_validate(row.request)
             try:
                 addrs = self.registry.addresses()
                 if any(s["peer"] not in addrs for s in row.plan["stages"]):
                     raise PrismnError("a peer of the plan is not online yet")
-                runner = Runner(row.id, row.plan, addrs, row.checkpoint, row.plan.get("emulated_rtt_ms"), req.dtype)
+                runner = Runner(row.id, row.plan, addrs, row.checkpoint, row.plan.get("emulated_rtt_ms"), req.dtype,
+                                req.model)
                 runner.swarm = self.registry.swarm([s["peer"] for s in row.plan["stages"]])
                 await runner.start(load=False)
                 self.runners[row.id] = runner
                 self._update(row.id, state="ready")
-            except (TimeoutError, PrismnError, OSError, ConnectionError) as e:
-                log.info("deployment %s not restored yet (%s); re-planning", row.id, e)
+                log.info("deployment %s restored: its peers still hold their stages", row.id)
+            except Exception as e:  # anything in the way (a peer gone, another stage loaded): re-plan it
+                log.info("deployment %s not restored (%s: %s); re-planning", row.id, e.__class__.__name__, e)
                 self.schedule_replan(row.id, f"restore: {e}")
 
     def schedule_replan(self, dep_id: str, reason: str) -> None:

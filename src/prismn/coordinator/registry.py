@@ -65,8 +65,9 @@ class Registry:
         return row
 
     def grace(self) -> None:
-        """At start: peers could not heartbeat while the coordinator was away, so renew their leases once."""
-        until = utcnow() + timedelta(seconds=self.settings.lease_s)
+        """At start: peers could not heartbeat while the coordinator was away, so renew their leases once,
+        for long enough that their back-off brings them back first."""
+        until = utcnow() + timedelta(seconds=self.settings.lease_s + self.settings.rejoin_grace_s)
         with self.store.session() as s:
             for r in s.scalars(select(PeerRow).where(PeerRow.status == "online")):
                 r.lease_expires = max(r.lease_expires, until)

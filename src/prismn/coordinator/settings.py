@@ -13,6 +13,10 @@ class Settings:
     lat: float = 0.0  # where the coordinator (the pipeline's client) stands
     lon: float = 0.0
     lease_s: float = 15.0
+    # after a restart, peers retry with capped back-off (10 s by default, `prismn peer`): their
+    # leases are renewed for one lease plus that cap, so a peer that is fine is not marked offline
+    # (and its deployments re-planned) only because its next retry had not come yet
+    rejoin_grace_s: float = 10.0
     heartbeat_s: float = 5.0
     sweep_s: float = 1.0
     emulate_wan: bool = False  # delay every link by RTT/2 estimated from the peers' locations

@@ -93,7 +93,9 @@ class PeerAgent:
         if self.server is None:
             return None
         info = self.server.info()
-        return {"stage": info.get("stage"), "sessions": info.get("sessions"), "measurement": info.get("measurement")}
+        # observed: the decode steps the stage really served, beside the benchmark the planner uses
+        return {"stage": info.get("stage"), "sessions": info.get("sessions"), "measurement": info.get("measurement"),
+                "observed": info.get("observed")}
 
     def all_measurements(self) -> list[dict[str, Any]]:
         out = list(self.measurements)

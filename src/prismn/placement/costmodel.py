@@ -91,7 +91,10 @@ class CostModel:
         return max(self.layer_time_s(peer), comp + LAUNCH_S)
 
     def time_source(self, peer: Peer) -> str:
-        return "measured" if self._measured(peer) is not None else "datasheet"
+        m = self._measured(peer)
+        if m is None:
+            return "datasheet"
+        return f"measured ({m.source})" if m.source else "measured"
 
     @staticmethod
     def hop_time_s(rtt_ms: float, nbytes: float, bandwidth_mbps: float, overhead_ms: float) -> float:

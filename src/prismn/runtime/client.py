@@ -178,14 +178,16 @@ class PipelineClient:
         return self.infos
 
     async def load(self, checkpoint: str, *, dtype: str | None = None, device: str | None = None,
-                   bench: bool = False) -> list[dict[str, Any]]:
-        """Ask bare stage servers to load the plan's layers of ``checkpoint`` (a path on each peer)."""
+                   bench: bool = False, name: str | None = None) -> list[dict[str, Any]]:
+        """Ask bare stage servers to load the plan's layers of ``checkpoint`` (a path on each peer);
+        ``name`` is the model as callers name it, which the stages put on their measurements."""
         for hop in self.hops:
             if hop.layers is None:
                 raise PipelineError(f"peer {hop.peer_id} has no layer range to load: give one in the plan")
         await asyncio.gather(*(
             c.send({"kind": "load", "checkpoint": checkpoint, "layers": list(hop.layers or ()),
-                    "embedding": hop.embedding, "head": hop.head, "dtype": dtype, "device": device, "bench": bench})
+                    "embedding": hop.embedding, "head": hop.head, "dtype": dtype, "device": device, "bench": bench,
+                    **({"model": name} if name else {})})
             for c, hop in zip(self.conns, self.hops, strict=True)
         ))
         await self._collect({"loaded"}, set(range(len(self.hops))), None, timeout=max(self.timeout_s, 600))

@@ -89,6 +89,7 @@ class StageServer:
         self._pool_lock = asyncio.Lock()
         self._compute_lock = asyncio.Lock()
         self._decode_s: collections.deque[float] = collections.deque(maxlen=256)
+        self.served_name: str | None = None  # the model as the coordinator calls it (load's "model")
         #: steps of at most this many tokens run inline on the event loop (lowest per-hop overhead)
         self.inline_max_tokens = 16
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -154,15 +155,15 @@ class StageServer:
             "accepts_load": self.allow_load,
         }
 
-    def observed(self) -> dict[str, Any] | None:
+    def observed(self, baseline: dict[str, Any] | None = None) -> dict[str, Any] | None:
         """A measurement dict from the decode steps this stage really served (median of the last 256):
         the whole step (wire bytes to tensor, layers, head and sampling) spread over the layers, with
-        the self-benchmark's head/embedding share taken out when there is one."""
+        the head/embedding share of `baseline` (else this stage's self-benchmark) taken out."""
         if self.stage is None or len(self._decode_s) < 4:
             return None
         st = self.stage
         step = statistics.median(self._decode_s)
-        m = self.measurement or {}
+        m = baseline or self.measurement or {}
         extra = (m.get("s_head", 0.0) if st.last else 0.0) + (m.get("s_embed", 0.0) if st.first else 0.0)
         per_layer = max(step - extra, step * 0.5) / st.n_layers
         out = dict(m) if m else {"model": st.model_name, "dtype": {"float32": "fp32", "bfloat16": "bf16",
@@ -170,7 +171,9 @@ class StageServer:
                                  "device": "cuda" if st.device.startswith("cuda") else st.device,
                                  "s_head": 0.0, "s_embed": 0.0}
         out.update(s_per_layer=per_layer, s_step=step, steps=len(self._decode_s),
-                   source="prismn stage, observed decode steps (median)")
+                   source=f"observed: median of {len(self._decode_s)} decode steps served")
+        if self.served_name:
+            out["model"] = self.served_name
         return out
 
     # ------------------------------------------------------------------------------ connections
@@ -259,6 +262,9 @@ class StageServer:
         device = h.get("device") or self.default_device
         bench = bool(h.get("bench", self.bench))
         emb, head = h.get("embedding"), h.get("head")
+        name = h.get("model")
+        if name is not None and not (isinstance(name, str) and 0 < len(name) <= 200):
+            raise WireError("'model' must be the model's name (a string of at most 200 characters)")
 
         def work() -> tuple[Any, Any]:
             from prismn.runtime.checkpoint import resolve_checkpoint
@@ -281,7 +287,7 @@ class StageServer:
         freed = self.sessions.close_all()
         if freed:
             log.info("loading a new stage freed %d session(s)", len(freed))
-        self.stage, self.measurement = stage, m
+        self.stage, self.measurement, self.served_name = stage, m, name
         self._decode_s.clear()
         log.info("loaded layers %d:%d of %s", stage.start, stage.end, stage.model_name)
         await conn.send({**self.info(), "kind": "loaded"})
