@@ -137,3 +137,24 @@ def test_bad_frames_rejected_peer_keeps_serving(tiny, bare_pool):
         assert [e.token for e in pipe.generate(PROMPT, max_new_tokens=8)] == ref
         info_b = pipe._run(pipe.client.refresh_info())[1]
         assert info_b["sessions"]["open"] == 0
+
+
+@pytest.mark.slow
+def test_a_bare_stage_with_a_load_token_loads_only_for_its_holder(tiny):
+    """Loading reads files and fills memory on the peer: with --load-token only the holder may ask."""
+    from prismn.runtime.client import Hop, Pipeline, PipelineError
+    from prismn.runtime.local import LocalStage
+
+    ckpt = str(tiny["llama"][0])
+    s = LocalStage(["--port", "0", "--no-bench", "--load-token", "s3cret", "--log-level", "warning"], threads=1)
+    try:
+        assert _info(s.address)["load_needs_token"] is True
+        for token in (None, "wrong"):
+            with Pipeline([Hop("s", s.address, (0, 6))]) as pipe, pytest.raises(PipelineError, match="load refused"):
+                pipe.load(ckpt, token=token)
+        assert _info(s.address)["stage"] is None  # nothing was loaded
+        with Pipeline([Hop("s", s.address, (0, 6))]) as pipe:
+            pipe.load(ckpt, token="s3cret")
+            assert len(list(pipe.generate(PROMPT, max_new_tokens=3))) == 3
+    finally:
+        s.stop()

@@ -156,6 +156,21 @@ def test_deploy_and_stream_through_the_openai_client(cluster):
     wait_for(observed_everywhere, 20, "observed decode timings in the peer listing")
 
 
+def test_peers_load_stages_only_for_their_coordinator(cluster):
+    from prismn.runtime.client import Hop, Pipeline, PipelineError
+
+    peer = cluster.api("GET", "/v1/peers").json()["data"][0]
+    before = peer["stage"]["stage"]
+    with Pipeline([Hop(peer["id"], peer["data_addr"], (0, 1))]) as pipe, \
+            pytest.raises(PipelineError, match="load refused"):
+        pipe.load(str(cluster.ckpt))  # no join token: refused, and the stage it holds is untouched
+    import time
+
+    time.sleep(1.0)  # a few heartbeats
+    after = {p["id"]: p for p in cluster.api("GET", "/v1/peers").json()["data"]}[peer["id"]]
+    assert after["stage"]["stage"] == before and after["status"] == "online"
+
+
 def test_bad_requests_are_4xx_with_a_clear_message_and_lose_nothing(cluster):
     before = cluster.api("GET", "/v1/deployments").json()["data"]
     chat = cluster.url + "/v1/chat/completions"

@@ -89,6 +89,9 @@ def register(app: typer.Typer) -> None:
         dtype: str = typer.Option("fp32", help="fp32, bf16 or fp16."),
         device: str = typer.Option("auto", help="cpu, cuda or auto (cuda when present)."),
         peer_id: str = typer.Option(None, help="This peer's id (as in plans and RTT matrices)."),
+        load_token: str = typer.Option(None, "--load-token", envvar="PRISMN_LOAD_TOKEN",
+                                       help="A bare server loads stages only for requests carrying this token "
+                                            "(default: anyone who reaches the port; keep --host 127.0.0.1 then)."),
         max_sessions: int = typer.Option(8, help="KV caches held at once; more sessions are refused."),
         max_context: int = typer.Option(4096, help="Tokens of context per session."),
         idle_timeout: float = typer.Option(300.0, help="Seconds before an idle session's cache is freed."),
@@ -135,7 +138,7 @@ def register(app: typer.Typer) -> None:
                 return
             pid = peer_id or f"stage-{port}"
             server = StageServer(stage, limits=limits, peer_id=pid, measurement=measurement, bench=bench,
-                                 default_dtype=dtype, default_device=device)
+                                 default_dtype=dtype, default_device=device, load_token=load_token)
 
             def ready(addr: str) -> None:
                 what = (f"layers {stage.start}:{stage.end} of {stage.model_name} ({stage.dtype_name}, {stage.device})"
@@ -169,6 +172,8 @@ def register(app: typer.Typer) -> None:
                                                    "with the client as \"client\"."),
         swarm: Path = typer.Option(None, help="Emulate wide-area delay from a swarm file's RTTs."),
         load: str = typer.Option(None, help="Ask bare stage servers to load the plan's layers of this checkpoint."),
+        load_token: str = typer.Option(None, "--load-token", envvar="PRISMN_LOAD_TOKEN",
+                                       help="The token the stage servers were started with (--load-token)."),
         json_out: bool = typer.Option(False, "--json", help="Print one JSON object (tokens, text, stats) at the end."),
     ) -> None:
         """Generate through stage servers, streaming tokens: client -> stage 1 -> ... -> stage k -> client."""
@@ -193,7 +198,7 @@ def register(app: typer.Typer) -> None:
             tok = _load_tokenizer(tokenizer or model_ref) if (tokenizer or (model_ref and not ids)) else None
             with Pipeline(hops, rtt=rtt, tokenizer=tok) as pipe:
                 if load:
-                    pipe.load(load)
+                    pipe.load(load, token=load_token)
                 if model_ref is None and tok is None and not ids:
                     tok = pipe.tokenizer = _load_tokenizer(pipe.client.model_info.get("model"))
                 if ids:

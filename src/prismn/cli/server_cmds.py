@@ -140,7 +140,8 @@ def register(app: typer.Typer) -> None:
         async def amain() -> None:
             from prismn.runtime.server import StageServer
 
-            server = StageServer(None, peer_id=pid, allow_load=True, bench=True)
+            # only the coordinator (who holds the join token) may make this peer load a stage
+            server = StageServer(None, peer_id=pid, allow_load=True, bench=True, load_token=token)
             await server.start(lhost, lport)
             agent = PeerAgent(cfg, server)
             for m in cfg.bench_models:

@@ -41,7 +41,7 @@ class State:
         self.store = Store(settings.db_url)
         self.token = self.store.join_token(settings.join_token)
         self.registry = Registry(self.store, settings)
-        self.deployer = Deployer(self.store, self.registry, settings)
+        self.deployer = Deployer(self.store, self.registry, settings, load_token=self.token)
         self.metrics = Metrics()
 
     def check_token(self, request: Request) -> None:

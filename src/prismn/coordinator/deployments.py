@@ -59,7 +59,7 @@ class Runner:
     """A loaded deployment: the pipeline client, its tokenizer and the plan it runs."""
 
     def __init__(self, dep_id: str, plan: dict[str, Any], addresses: dict[str, str], checkpoint: str,
-                 rtt: dict[str, dict[str, float]] | None, dtype: str, model: str):
+                 rtt: dict[str, dict[str, float]] | None, dtype: str, model: str, load_token: str | None = None):
         from prismn.runtime.client import Hop, PipelineClient
         from prismn.transport import RttMatrix
 
@@ -68,6 +68,7 @@ class Runner:
         self.checkpoint = checkpoint
         self.dtype = dtype
         self.model = model  # as clients name it: the stages put this name on their observed timings
+        self.load_token = load_token  # the join token: peers load stages only for their coordinator
         hops = [Hop(s["peer"], addresses[s["peer"]], tuple(s["layers"]), s["embedding"], s["head"])
                 for s in plan["stages"]]
         self.client = PipelineClient(hops, rtt=RttMatrix(rtt) if rtt else None)
@@ -78,7 +79,7 @@ class Runner:
     async def start(self, load: bool) -> None:
         await self.client.connect()
         if load:
-            await self.client.load(self.checkpoint, dtype=self.dtype, name=self.model)
+            await self.client.load(self.checkpoint, dtype=self.dtype, name=self.model, token=self.load_token)
         self.client.check_chain()
         if self.tokenizer is None:
             from transformers import AutoTokenizer
@@ -91,8 +92,9 @@ class Runner:
 
 
 class Deployer:
-    def __init__(self, store: Store, registry: Registry, settings: Settings):
+    def __init__(self, store: Store, registry: Registry, settings: Settings, load_token: str | None = None):
         self.store = store
+        self.load_token = load_token
         self.registry = registry
         self.settings = settings
         self.runners: dict[str, Runner] = {}
@@ -158,7 +160,8 @@ class Deployer:
             old = self.runners.pop(dep_id, None)
             if old:
                 await old.close()
-            runner = Runner(dep_id, plan_json, self.registry.addresses(), row.checkpoint, rtt, spec.dtype, spec.name)
+            runner = Runner(dep_id, plan_json, self.registry.addresses(), row.checkpoint, rtt, spec.dtype, spec.name,
+                            self.load_token)
             runner.swarm = swarm
             await runner.start(load=True)
             self.runners[dep_id] = runner
@@ -185,7 +188,7 @@ class Deployer:
                 if any(s["peer"] not in addrs for s in row.plan["stages"]):
                     raise PrismnError("a peer of the plan is not online yet")
                 runner = Runner(row.id, row.plan, addrs, row.checkpoint, row.plan.get("emulated_rtt_ms"), req.dtype,
-                                req.model)
+                                req.model, self.load_token)
                 runner.swarm = self.registry.swarm([s["peer"] for s in row.plan["stages"]])
                 await runner.start(load=False)
                 self.runners[row.id] = runner

@@ -178,7 +178,7 @@ class PipelineClient:
         return self.infos
 
     async def load(self, checkpoint: str, *, dtype: str | None = None, device: str | None = None,
-                   bench: bool = False, name: str | None = None) -> list[dict[str, Any]]:
+                   bench: bool = False, name: str | None = None, token: str | None = None) -> list[dict[str, Any]]:
         """Ask bare stage servers to load the plan's layers of ``checkpoint`` (a path on each peer);
         ``name`` is the model as callers name it, which the stages put on their measurements."""
         for hop in self.hops:
@@ -187,7 +187,7 @@ class PipelineClient:
         await asyncio.gather(*(
             c.send({"kind": "load", "checkpoint": checkpoint, "layers": list(hop.layers or ()),
                     "embedding": hop.embedding, "head": hop.head, "dtype": dtype, "device": device, "bench": bench,
-                    **({"model": name} if name else {})})
+                    **({"model": name} if name else {}), **({"token": token} if token else {})})
             for c, hop in zip(self.conns, self.hops, strict=True)
         ))
         await self._collect({"loaded"}, set(range(len(self.hops))), None, timeout=max(self.timeout_s, 600))

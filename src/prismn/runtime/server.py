@@ -26,6 +26,7 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
+import hmac
 import logging
 import os
 import statistics
@@ -72,11 +73,15 @@ class StageServer:
         transport: Transport | None = None,
         default_dtype: str = "fp32",
         default_device: str | None = None,
+        load_token: str | None = None,
     ):
         self.stage = stage
         self.limits = limits
         self.peer_id = peer_id
         self.allow_load = (stage is None) if allow_load is None else allow_load
+        # when set, a load request must carry it: loading makes this machine read files and fill its
+        # memory, so only whoever holds the token (a peer's coordinator: the join token) may ask
+        self.load_token = load_token
         self.bench = bench
         self.measurement = measurement
         self.transport = transport or TcpTransport()
@@ -153,6 +158,7 @@ class StageServer:
             },
             "stats": dict(self.stats),
             "accepts_load": self.allow_load,
+            "load_needs_token": self.load_token is not None,
         }
 
     def observed(self, baseline: dict[str, Any] | None = None) -> dict[str, Any] | None:
@@ -253,6 +259,12 @@ class StageServer:
         if not self.allow_load:
             await self._error(conn, None, "this stage was started with --checkpoint and takes no load requests: "
                                           "start a bare `prismn stage serve` to load stages remotely")
+            return
+        if self.load_token is not None and not hmac.compare_digest(
+                str(h.get("token") or "").encode(), self.load_token.encode()):
+            log.warning("refused a load request from %s: wrong or missing load token", getattr(conn, "remote", "?"))
+            await self._error(conn, None, "load refused: wrong or missing load token (a peer takes its coordinator's "
+                                          "join token; a bare stage its --load-token)")
             return
         ckpt_ref = _req(h, "checkpoint", str, "a checkpoint folder or model name")
         layers = h.get("layers")
