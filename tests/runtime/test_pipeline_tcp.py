@@ -67,3 +67,21 @@ def test_stages_report_observed_decode_timing_under_the_served_name(tiny, bare_p
         assert seen["steps"] == 19  # decode steps only: the prefill is not a per-token time
         assert 0 < seen["s_per_layer"] <= seen["s_step"]
         assert "observed" in seen["source"]
+
+
+@pytest.mark.slow
+def test_a_broken_link_fails_one_generation_and_the_next_reconnects(tiny, bare_pool):
+    """A dropped connection fails the generation in flight with one clear error; the client starts over
+    (reconnects, re-reads the stages) on the next generation instead of staying broken."""
+    from prismn.runtime.client import Hop, Pipeline, PipelineError
+
+    ckpt, _ = tiny["llama"]
+    hops = [Hop(f"s{i}", bare_pool[i].address, layers) for i, layers in enumerate(SPLITS[2])]
+    with Pipeline(hops) as pipe:
+        pipe.load(str(ckpt))
+        want = [e.token for e in pipe.generate(PROMPT, max_new_tokens=4)]
+        pipe._run(pipe.client.conns[1].close())  # the link to the last stage drops
+        with pytest.raises(PipelineError, match="peer s1"):
+            list(pipe.generate(PROMPT, max_new_tokens=4))
+        assert pipe.client.conns == []  # all dropped: nothing half-connected is left to reuse
+        assert [e.token for e in pipe.generate(PROMPT, max_new_tokens=4)] == want

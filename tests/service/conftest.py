@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -54,14 +55,16 @@ def _pg_bin() -> Path | None:
 
 
 @pytest.fixture(scope="session")
-def postgres_url(tmp_path_factory):
+def postgres_url():
     """A fresh PostgreSQL cluster on a free port; required in CI, skipped elsewhere when not installed."""
     bindir = _pg_bin()
     if bindir is None:
         if os.environ.get("CI"):
             pytest.fail("PostgreSQL is not installed: .ci/run installs it (apt-get install postgresql)")
         pytest.skip("PostgreSQL binaries not found (apt-get install postgresql)")
-    base = tmp_path_factory.mktemp("pg")
+    # its own folder, not pytest's numbered temp dirs: those are pruned when other pytest sessions
+    # start, which would pull the data directory from under a running cluster
+    base = Path(tempfile.mkdtemp(prefix="prismn-test-pg-"))
     data = base / "data"
     port = free_port()
     as_root = os.geteuid() == 0
@@ -83,3 +86,4 @@ def postgres_url(tmp_path_factory):
         yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
     finally:
         run([str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"])
+        shutil.rmtree(base, ignore_errors=True)

@@ -223,7 +223,12 @@ def test_replan_when_a_peer_of_the_plan_stops(cluster):
     deps = cluster.api("GET", "/v1/deployments").json()["data"]
     dep = [d for d in deps if d["state"] == "ready"][-1]
     victim = dep["plan"]["stages"][0]["peer"]
-    stop(cluster.peers.pop(victim))
+    stop(cluster.peers.pop(victim), "kill")
+    # before its lease runs out, a request finds the dead peer: 503 with a retry hint, not a client error
+    r = httpx.post(cluster.url + "/v1/chat/completions", timeout=60,
+                   json={"model": "tiny-chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3})
+    assert r.status_code == 503 and r.json()["error"]["code"] == "peer_unavailable", r.text
+    assert r.headers["retry-after"] == "5" and victim in r.json()["error"]["message"]
     wait_for(lambda: cluster.peer_status()[victim] == "offline", 30, f"{victim} offline")
 
     def replanned():

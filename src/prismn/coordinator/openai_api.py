@@ -17,15 +17,19 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from prismn.coordinator.deployments import Runner
 from prismn.coordinator.receipts import build_receipt
 from prismn.coordinator.schemas import ChatCompletionRequest, CompletionRequest
+from prismn.errors import PrismnError
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, code: str | None = None, param: str | None = None):
+    def __init__(self, status: int, message: str, code: str | None = None, param: str | None = None,
+                 retry_after_s: int | None = None):
         super().__init__(message)
         self.status, self.message, self.code, self.param = status, message, code, param
+        self.retry_after_s = retry_after_s
 
     def response(self) -> JSONResponse:
-        return JSONResponse(status_code=self.status, content={"error": {
+        headers = {"Retry-After": str(self.retry_after_s)} if self.retry_after_s is not None else None
+        return JSONResponse(status_code=self.status, headers=headers, content={"error": {
             "message": self.message, "type": "invalid_request_error" if self.status < 500 else "server_error",
             "param": self.param, "code": self.code}})
 
@@ -112,6 +116,12 @@ class Generation:
                     if safe > sent:
                         yield self.text[sent:safe]
                         sent = safe
+            except (PrismnError, ConnectionError, OSError, TimeoutError) as e:
+                # a peer died, hung or dropped the link: not the caller's fault, and not for long (the
+                # client reconnects on the next request; a peer whose lease expires is planned around)
+                self.state.metrics.requests.labels(req.model, "error").inc()
+                raise ApiError(503, f"deployment {self.runner.dep_id}: a peer failed during generation ({e}); "
+                                    "retry in a few seconds", "peer_unavailable", retry_after_s=5) from None
             finally:
                 await gen.aclose()
             stats = client.last_stats.as_dict()
@@ -199,7 +209,8 @@ def router(state: Any) -> APIRouter:
                 final["usage"] = gen.usage()
                 yield _sse(final)
             except Exception as e:  # the stream has started: report in-band, then end it
-                state.metrics.requests.labels(req.model, "error").inc()
+                if not isinstance(e, ApiError):  # (an ApiError from the generation counted itself)
+                    state.metrics.requests.labels(req.model, "error").inc()
                 yield _sse({"error": {"message": f"generation failed: {e}", "type": "server_error"}})
             yield "data: [DONE]\n\n"
 

@@ -134,6 +134,12 @@ class PipelineClient:
     def _who(self, i: int) -> str:
         return f"peer {self.hops[i].peer_id} at {self.hops[i].address}"
 
+    async def _send(self, i: int, header: dict[str, Any], payload: Any = b"") -> None:
+        try:
+            await self.conns[i].send(header, payload)
+        except (ConnectionError, OSError) as e:
+            raise PipelineError(f"{self._who(i)}: the link dropped ({e}); check that peer's log") from None
+
     async def _collect(self, kinds: set[str], pending: set[int], sid: str | None, timeout: float | None = None,
                        step: int | None = None) -> dict[int, Frame]:
         out: dict[int, Frame] = {}
@@ -162,13 +168,17 @@ class PipelineClient:
         """Connect to every stage, read its info, check the chain is one whole model in order."""
         if self.conns:
             return self.infos
-        for i, hop in enumerate(self.hops):
-            c = await self.transport.connect(hop.address)
-            if self.rtt is not None:
-                c.set_delay(self.rtt.one_way_s(self.client_id, hop.peer_id))
-            self.conns.append(c)
-            self._readers.append(asyncio.get_running_loop().create_task(self._read(i, c)))
-        await self.refresh_info()
+        try:
+            for i, hop in enumerate(self.hops):
+                c = await self.transport.connect(hop.address)
+                if self.rtt is not None:
+                    c.set_delay(self.rtt.one_way_s(self.client_id, hop.peer_id))
+                self.conns.append(c)
+                self._readers.append(asyncio.get_running_loop().create_task(self._read(i, c)))
+            await self.refresh_info()
+        except BaseException:  # all or nothing: a half-connected pipeline would pass for a connected one
+            await self.aclose()
+            raise
         return self.infos
 
     async def refresh_info(self) -> list[dict[str, Any]]:
@@ -254,29 +264,29 @@ class PipelineClient:
         ctx = len(ids) + max_new_tokens
         stats = self.last_stats = GenerationStats(prompt_tokens=len(ids), emulated=self.emulated)
         stops = {int(t) for t in stop_token_ids}
-        for i, (c, hop) in enumerate(zip(self.conns, self.hops, strict=True)):
-            h: dict[str, Any] = {"kind": "open", "session": sid, "max_context": ctx}
-            if i < k - 1:
-                h["next"] = self.hops[i + 1].address
-                h["next_dtype"] = self.infos[i + 1]["stage"]["dtype"]
-            else:
-                h["sampling"] = {"temperature": float(temperature), "top_p": float(top_p), "seed": int(seed)}
-                h["return_logits"] = return_logits
-            if self.rtt is not None:
-                h["emulate"] = {"self": hop.peer_id, "client": self.client_id, "rtt_ms": self.rtt.to_json(),
-                                "next": self.hops[i + 1].peer_id if i < k - 1 else self.client_id}
-            await c.send(h)
+        failed = False
         try:
+            for i, hop in enumerate(self.hops):
+                h: dict[str, Any] = {"kind": "open", "session": sid, "max_context": ctx}
+                if i < k - 1:
+                    h["next"] = self.hops[i + 1].address
+                    h["next_dtype"] = self.infos[i + 1]["stage"]["dtype"]
+                else:
+                    h["sampling"] = {"temperature": float(temperature), "top_p": float(top_p), "seed": int(seed)}
+                    h["return_logits"] = return_logits
+                if self.rtt is not None:
+                    h["emulate"] = {"self": hop.peer_id, "client": self.client_id, "rtt_ms": self.rtt.to_json(),
+                                    "next": self.hops[i + 1].peer_id if i < k - 1 else self.client_id}
+                await self._send(i, h)
             await self._collect({"opened"}, set(range(k)), sid)
             t_start = time.perf_counter()
-            first = self.conns[0]
             x = ids
             pos = 0
             for step in range(max_new_tokens):
                 t_sent = time.perf_counter()
                 buf = array.array("i", x)
-                await first.send({"kind": "step", "session": sid, "step": step, "pos": pos, "dtype": "int32",
-                                  "shape": [len(x)]}, memoryview(buf).cast("B"))
+                await self._send(0, {"kind": "step", "session": sid, "step": step, "pos": pos, "dtype": "int32",
+                                     "shape": [len(x)]}, memoryview(buf).cast("B"))
                 got = await self._collect({"token"}, {k - 1}, sid, step=step)
                 f = got[k - 1]
                 now = time.perf_counter()
@@ -303,13 +313,18 @@ class PipelineClient:
                 x = [tok]
             else:
                 stats.stop_reason = "length"
+        except Exception:
+            failed = True
+            raise
         finally:
             if not stats.stop_reason:
-                stats.stop_reason = "stopped"
+                stats.stop_reason = "failed" if failed else "stopped"
             for c in self.conns:
                 if not c.closed:
                     with contextlib.suppress(ConnectionError, OSError):
                         await c.send({"kind": "close", "session": sid})
+            if failed:  # a broken or stuck link: start over, so the next generation reconnects and re-checks
+                await self.aclose()
 
     async def aclose(self) -> None:
         for c in self.conns:
@@ -318,6 +333,7 @@ class PipelineClient:
         for t in self._readers:
             t.cancel()
         self.conns, self._readers = [], []
+        self._inbox = asyncio.Queue()  # nothing from the old connections may answer a new session
 
 
 class Pipeline:
