@@ -161,15 +161,15 @@ class StageServer:
             "load_needs_token": self.load_token is not None,
         }
 
-    def observed(self, baseline: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    def observed(self) -> dict[str, Any] | None:
         """A measurement dict from the decode steps this stage really served (median of the last 256):
         the whole step (wire bytes to tensor, layers, head and sampling) spread over the layers, with
-        the head/embedding share of `baseline` (else this stage's self-benchmark) taken out."""
+        the self-benchmark's head/embedding share taken out when there is one."""
         if self.stage is None or len(self._decode_s) < 4:
             return None
         st = self.stage
         step = statistics.median(self._decode_s)
-        m = baseline or self.measurement or {}
+        m = self.measurement or {}
         extra = (m.get("s_head", 0.0) if st.last else 0.0) + (m.get("s_embed", 0.0) if st.first else 0.0)
         per_layer = max(step - extra, step * 0.5) / st.n_layers
         out = dict(m) if m else {"model": st.model_name, "dtype": {"float32": "fp32", "bfloat16": "bf16",
