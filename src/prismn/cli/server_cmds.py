@@ -79,8 +79,8 @@ def register(app: typer.Typer) -> None:
             db = f"sqlite:///{_home() / 'coordinator.db'}"
         url = f"http://{host}:{port}"
         settings = Settings(db_url=db, join_token=token, api_key=api_key, lat=lat, lon=lon, lease_s=lease_s,
-                            heartbeat_s=heartbeat_s, rejoin_grace_s=rejoin_grace_s, emulate_wan=emulate_wan, max_tokens_limit=max_tokens,
-                            public_url=url)
+                            heartbeat_s=heartbeat_s, rejoin_grace_s=rejoin_grace_s, emulate_wan=emulate_wan,
+                            max_tokens_limit=max_tokens, public_url=url)
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
         logging.getLogger("httpx").setLevel(logging.WARNING)
         app = create_app(settings)
