@@ -18,13 +18,14 @@ app = typer.Typer(
 
 
 def _register_all() -> None:
-    from prismn.cli import bench_cmds, catalog_cmds, demo_cmds, plan_cmds, swarm_cmds
+    from prismn.cli import bench_cmds, carbon_cmds, catalog_cmds, demo_cmds, plan_cmds, swarm_cmds
 
     plan_cmds.register(app)
     bench_cmds.register(app)
     demo_cmds.register(app)
     swarm_cmds.register(app)
     catalog_cmds.register(app)
+    carbon_cmds.register(app)
     try:  # these need torch / the server extras only when they run, not to be listed
         from prismn.cli import runtime_cmds, server_cmds
     except ImportError:
