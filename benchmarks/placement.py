@@ -1,6 +1,7 @@
 """Placement benchmark: every strategy on the same generated swarms, in one process, one ruler.
 
-    python benchmarks/placement.py [--sizes 15,50,200,1000,10000,100000] [--seeds 3] [--out docs/bench/placement.json]
+    python benchmarks/placement.py [--sizes 15,50,200,1000,10000] [--seeds 3] [--measured 200:all,10000:knn]
+                                   [--deep-seeds 2] [--target-seeds 20] [--out docs/bench/placement.json]
 
 For each swarm (prismn.swarmgen.generate_swarm, the generator behind `prismn swarm generate`) and
 an 80-layer model (Llama-3.1-70B, bf16), it runs:
@@ -9,7 +10,9 @@ an 80-layer model (Llama-3.1-70B, bf16), it runs:
   (low-carbon and low-latency) and petals (simulation),
 and records solve time, feasibility, latency and gCO2e per token (operational and total) of each,
 judged by the shared evaluator, plus the ratios of prismn to each baseline. Baselines are time-boxed
-(a timeout is recorded as such). The JSON ends with a summary against the issue's targets.
+(a timeout is recorded as such). Then: swarms whose peers report measured RTTs (5 nearest neighbours up
+to 100,000 peers, all pairs up to 2,000), deep plans (>= 20 stages), and the 1,000-peer solve-time
+target over 20 seeds. The JSON's summary sets each figure beside the issue's target.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import signal
 import statistics
 import sys
 import time
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +36,46 @@ from prismn.swarm import parse_swarm
 from prismn.swarmgen import generate_swarm
 
 MODEL = "meta-llama/Llama-3.1-70B"
-DEFAULT_SIZES = [15, 50, 200, 1000, 10_000, 100_000]
+DEFAULT_SIZES = [15, 50, 200, 1000, 10_000]
+MEASURED = [(200, "all"), (2000, "all"), (1000, "knn"), (10_000, "knn"), (100_000, "knn")]
+
+
+def add_measured_rtts(data: dict, mode: str, seed: int = 0, factor: tuple[float, float] = (0.8, 1.6),
+                      k: int = 5) -> dict:
+    """Give a generated swarm measured RTTs, as real peers report them: `knn` (each peer's k nearest
+    neighbours, found with a k-d tree on the unit sphere) or `all` (every pair, client included), each
+    the distance estimate times a random factor (some below 1: measured links can beat the estimate).
+    """
+    from scipy.spatial import cKDTree
+
+    from prismn import geo
+    from prismn.placement.instance import haversine_pairs_km
+
+    rng = np.random.default_rng(10_000 + seed)
+    peers = data["peers"]
+    lat = np.array([p["lat"] for p in peers] + [data["coordinator"]["lat"]])
+    lon = np.array([p["lon"] for p in peers] + [data["coordinator"]["lon"]])
+    ids = [p["id"] for p in peers] + ["client"]
+    n = len(peers)
+    if mode == "all":
+        a, b = np.triu_indices(n + 1, k=1)
+    elif mode == "knn":
+        la, lo = np.radians(lat[:n]), np.radians(lon[:n])
+        xyz = np.c_[np.cos(la) * np.cos(lo), np.cos(la) * np.sin(lo), np.sin(la)]
+        _, nb = cKDTree(xyz).query(xyz, k=min(k + 1, n))
+        a = np.repeat(np.arange(n), nb.shape[1] - 1)
+        b = nb[:, 1:].ravel()
+    else:
+        raise ValueError(f"unknown measured-RTT mode {mode!r}: use knn or all")
+    est = np.empty(len(a))
+    for s in range(0, len(a), 1_000_000):  # the same estimate the planner uses, pair by pair
+        sl = slice(s, s + 1_000_000)
+        est[sl] = geo.estimate_rtt_ms(haversine_pairs_km(lat[a[sl]], lon[a[sl]], lat[b[sl]], lon[b[sl]]))
+    v = np.round(est * rng.uniform(*factor, size=len(a)), 3)
+    rtt: dict[str, dict[str, float]] = {}
+    for x, y, val in zip(a.tolist(), b.tolist(), v.tolist(), strict=True):
+        rtt.setdefault(ids[x], {})[ids[y]] = val
+    return {**data, "rtt_ms": rtt}
 
 
 class Timeout(Exception):
@@ -65,7 +108,11 @@ def row(ev, seconds, timed_out=False) -> dict:
     m = ev.metrics
     out = {"feasible": ev.feasible, "timed_out": False, "solve_s": seconds,
            "latency_ms_per_token": m["latency_ms_per_token"], "gco2e_per_token": m["gco2e_per_token"],
-           "gco2e_total_per_token": m["gco2e_total_per_token"], "peers_used": m["peers_used"]}
+           "gco2e_total_per_token": m["gco2e_total_per_token"], "peers_used": m["peers_used"],
+           # the honest accounting: every peer reserved for the whole step (idle draw, embodied by wall time)
+           "reserved": {k: m[k] for k in ("gco2e_per_token_at_load", "gco2e_embodied_per_token_at_load",
+                                          "gco2e_network_per_token_at_load", "gco2e_total_per_token_at_load")},
+           "proof": ev.proof}
     if not ev.feasible:
         out["problems"] = ev.problems[:3]
     notes = ev.plan.notes
@@ -173,9 +220,102 @@ def summarise(results: list[dict]) -> dict:
                 t[k] = {"median_s": statistics.median(v), "max_s": max(v),
                         "timeouts": sum(r["strategies"][k].get("timed_out", False) for r in by(n) if k in r["strategies"])}
         times[n] = t
+    # the same comparison under the reserved-time energy model (idle draw x wall time, embodied by wall time)
+    pairs = [(r["strategies"].get("prismn (carbon, latency <= hackathon low-carbon)", {}),
+              r["strategies"]["prismn-hackathon (low-carbon)"]) for r in by(200)]
+    pairs = [(a, b) for a, b in pairs if a.get("feasible") and b.get("feasible")]
+    if pairs:
+        s["carbon_vs_hackathon_200_equal_latency"] = {
+            "swarms": len(pairs),
+            "compute_only_operational_ratios": [a["gco2e_per_token"] / b["gco2e_per_token"] for a, b in pairs],
+            "reserved_operational_ratios": [a["reserved"]["gco2e_per_token_at_load"] /
+                                            b["reserved"]["gco2e_per_token_at_load"] for a, b in pairs],
+            "reserved_total_ratios": [a["reserved"]["gco2e_total_per_token_at_load"] /
+                                      b["reserved"]["gco2e_total_per_token_at_load"] for a, b in pairs],
+            "latency_ratios": [a["latency_ms_per_token"] / b["latency_ms_per_token"] for a, b in pairs],
+            "note": "prismn minimises compute-time operational carbon within the hackathon plan's latency; the "
+                    "reserved figures are the same two plans judged with idle draw and embodied by wall time"}
     s["solve_times"] = times
     s["time_targets"] = {"1000": "<= 0.05 s", "10000": "<= 1 s", "100000": "<= 10 s"}
     return s
+
+
+def solve_case(spec, sw, kind: str, scope: str = "operational") -> dict:
+    """One prismn solve with its time, peak traced memory (tracemalloc: numpy arrays included) and proof."""
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    try:
+        plan = plan_optimal(spec, sw, Objective(kind, carbon_scope=scope))
+        seconds = time.perf_counter() - t0
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    ev = evaluate_plan(plan, spec, sw)
+    return {"objective": kind, "carbon_scope": scope, "solve_s": seconds, "peak_mib": peak / 2**20,
+            "feasible": ev.feasible, "optimal": plan.notes.get("optimal"), "proof": ev.proof,
+            "stages": len(plan.stages), "latency_ms_per_token": ev.metrics["latency_ms_per_token"],
+            "gco2e_per_token": ev.metrics["gco2e_per_token"]}
+
+
+def measured_rtt_cases(spec, cases: list[tuple[int, str]]) -> list[dict]:
+    """Generated swarms whose peers report measured RTTs (k nearest neighbours, or all pairs)."""
+    out = []
+    for n, mode in cases:
+        data = add_measured_rtts(generate_swarm(n, 0), mode)
+        t0 = time.perf_counter()
+        sw = parse_swarm(data)
+        parse_s = time.perf_counter() - t0
+        row_ = {"peers": n, "measured": "5 nearest neighbours" if mode == "knn" else "all pairs",
+                "measured_pairs": len(sw.rtt_overrides) // 2, "parse_s": parse_s,
+                "solves": [solve_case(spec, sw, k) for k in ("latency", "carbon")]}
+        out.append(row_)
+        print(f"{n:>7} peers, {row_['measured']}: " + "; ".join(
+            f"{c['objective']} {c['solve_s']:.3f}s {c['peak_mib']:.0f} MiB {c['proof']}" for c in row_["solves"]),
+            flush=True)
+    return out
+
+
+def small_peer_swarm(n: int, seed: int, max_gb: float) -> dict:
+    """A generated swarm whose peers offer at most max_gb of VRAM each (many small peers: deep plans)."""
+    data = generate_swarm(n, seed)
+    for p in data["peers"]:
+        p["free_vram_gb"] = min(p["free_vram_gb"], max_gb)
+    return data
+
+
+def deep_cases(seeds: int) -> list[dict]:
+    """Plans of >= 20 stages: Llama-3.1-405B on 64 generated peers; 70B on many peers of <= 6 GB."""
+    out = []
+    for label, model, n, max_gb in (("405B on 64 peers", "meta-llama/Llama-3.1-405B", 64, 1e9),
+                                    ("70B on 60 peers of <= 6 GB", MODEL, 60, 6.0)):
+        spec = load_model_spec(model, "bf16")
+        for seed in range(seeds):
+            sw = parse_swarm(small_peer_swarm(n, seed, max_gb))
+            solves = [solve_case(spec, sw, "carbon", scope) for scope in ("operational", "total")]
+            out.append({"case": label, "seed": seed, "solves": solves})
+            print(f"deep {label} seed {seed}: " + "; ".join(
+                f"carbon/{c['carbon_scope']} {c['stages']} stages {c['solve_s']:.3f}s {c['proof']}"
+                for c in solves), flush=True)
+    return out
+
+
+def thousand_peer_target(spec, seeds: int) -> dict:
+    """Issue 9 item 6: 1,000 peers, median <= 50 ms and max <= 200 ms over 20 seeds, latency and carbon."""
+    times: dict[str, list[float]] = {"latency": [], "carbon": []}
+    proven = {"latency": 0, "carbon": 0}
+    for seed in range(seeds):
+        sw = parse_swarm(generate_swarm(1000, 100 + seed))
+        for kind in times:
+            t0 = time.perf_counter()
+            plan = plan_optimal(spec, sw, Objective(kind))
+            times[kind].append(time.perf_counter() - t0)
+            proven[kind] += bool(plan.notes.get("optimal"))
+    out = {k: {"median_s": statistics.median(v), "max_s": max(v), "all_s": v, "proven": proven[k]}
+           for k, v in times.items()}
+    out["target"] = "median <= 0.05 s, max <= 0.2 s"
+    print("1000 peers x", seeds, "seeds:", {k: (round(v["median_s"], 3), round(v["max_s"], 3))
+                                           for k, v in out.items() if k != "target"}, flush=True)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -184,6 +324,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=3, help="seeds per size (sizes >= 10,000 use 1)")
     ap.add_argument("--baseline-limit", type=float, default=300.0, help="seconds per baseline run")
     ap.add_argument("--prismn-limit", type=float, default=600.0, help="seconds per prismn run")
+    ap.add_argument("--measured", default=",".join(f"{n}:{m}" for n, m in MEASURED),
+                    help="measured-RTT swarms as size:mode (mode knn = 5 nearest neighbours, all = every pair)")
+    ap.add_argument("--deep-seeds", type=int, default=2, help="seeds per deep-plan case")
+    ap.add_argument("--target-seeds", type=int, default=20, help="seeds of the 1,000-peer solve-time target")
     ap.add_argument("--out", default="docs/bench/placement.json")
     ap.add_argument("--pareto-png", default="docs/bench/pareto.png", help="Pareto chart of one 200-peer swarm")
     args = ap.parse_args(argv)
@@ -200,9 +344,21 @@ def main(argv: list[str] | None = None) -> int:
                 f"{k} {v.get('latency_ms_per_token', float('nan')):.1f} ms {v.get('gco2e_per_token', float('nan')) * 1e3:.3f} mg "
                 f"{v['solve_s']:.3f}s{'' if v.get('feasible') else ' INFEASIBLE'}{' TIMEOUT' if v.get('timed_out') else ''}"
                 for k, v in st.items()) + f"  [{time.perf_counter() - t0:.1f}s]", flush=True)
+    measured = measured_rtt_cases(spec, [(int(a), b) for a, b in (x.split(":") for x in args.measured.split(",") if x)])
+    deep = deep_cases(args.deep_seeds)
+    target = thousand_peer_target(spec, args.target_seeds) if args.target_seeds else None
+    summary = summarise(results)
+    summary["measured_rtts"] = [{"peers": r["peers"], "measured": r["measured"], **{
+        c["objective"]: {"solve_s": c["solve_s"], "peak_mib": c["peak_mib"], "proof": c["proof"]}
+        for c in r["solves"]}} for r in measured]
+    summary["measured_rtt_targets"] = "10,000 peers: <= 2 s and <= 1 GiB; 100,000 peers: <= 20 s; every case proven"
+    summary["deep_plans"] = [{"case": d["case"], "seed": d["seed"], **{
+        c["carbon_scope"]: {"stages": c["stages"], "solve_s": c["solve_s"], "proof": c["proof"]}
+        for c in d["solves"]}} for d in deep]
+    summary["thousand_peers"] = target
     out = {"model": MODEL, "dtype": "bf16", "layers": spec.n_layers, "machine": {
         "python": sys.version.split()[0], "platform": platform.platform(), "numpy": np.__version__},
-        "summary": summarise(results), "results": results}
+        "summary": summary, "results": results, "measured_rtts": measured, "deep_plans": deep}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1, default=float) + "\n")
     print(json.dumps(out["summary"], indent=1, default=float))

@@ -22,6 +22,7 @@ class GPU:
     tdp_w: float
     embodied_kgco2e: float
     source: str
+    idle_w: float = 0.0  # draw while holding a stage and waiting (0: unknown, the cost model's default applies)
 
 
 def normalise(name: str) -> str:
@@ -45,6 +46,7 @@ def _catalog() -> tuple[dict[str, GPU], list[str]]:
             tdp_w=float(row["tdp_w"]),
             embodied_kgco2e=float(row.get("embodied_kgco2e") or 0.0),
             source=row.get("source", ""),
+            idle_w=float(row.get("idle_w") or 0.0),
         )
         names.append(gpu.name)
         for alias in [gpu.name, *row.get("aliases", [])]:

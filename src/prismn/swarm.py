@@ -41,6 +41,10 @@ class Measurement(BaseModel):
     s_per_layer: float = Field(gt=0)
     s_head: float = Field(default=0.0, ge=0)
     s_embed: float = Field(default=0.0, ge=0)
+    # time of a decode step that does not grow with the stage's layers (launches, framework, frames):
+    # stage time = s_step_fixed + n * s_per_layer, so a small stage's observed step time does not
+    # inflate s_per_layer
+    s_step_fixed: float = Field(default=0.0, ge=0)
     source: str | None = Field(default=None, max_length=200)  # e.g. "observed: median of 40 decode steps served"
 
 

@@ -29,7 +29,7 @@ def register(app: typer.Typer) -> None:
 
     @bench_app.command("placement")
     def placement(
-        sizes: str = typer.Option("15,50,200,1000,10000,100000", "--sizes", help="Swarm sizes, comma-separated."),
+        sizes: str = typer.Option("15,50,200,1000,10000", "--sizes", help="Swarm sizes, comma-separated."),
         seeds: int = typer.Option(3, "--seeds", min=1, help="Seeds per size (sizes >= 10,000 use one)."),
         out: Path = typer.Option(Path("docs/bench/placement.json"), "--out", help="Where to write the JSON."),
         pareto_png: Path = typer.Option(Path("docs/bench/pareto.png"), "--pareto-png",

@@ -30,6 +30,9 @@ def register(app: typer.Typer) -> None:
         context: int = typer.Option(2048, "--context", min=1, help="Context each stage reserves KV cache for."),
         margin: float = typer.Option(0.10, "--margin", min=0.0, max=0.9, help="Fraction of free VRAM left unused."),
         overhead_gb: float = typer.Option(0.0, "--overhead-gb", min=0.0, help="Fixed runtime overhead per peer (GiB)."),
+        concurrency: int = typer.Option(1, "--concurrency", min=1, max=4096,
+                                        help="Sequences decoding together: KV for each; latency and carbon per "
+                                             "token reported at that load."),
         compare: bool = typer.Option(False, "--compare", help="Run every strategy side by side."),
         as_json: bool = typer.Option(False, "--json", help="Print JSON (a list with --compare)."),
         objective: str = typer.Option(None, "--objective",
@@ -54,7 +57,7 @@ def register(app: typer.Typer) -> None:
         spec = load_model_spec(model, dtype)
         sw = load_swarm(swarm)
         cost = CostOptions(prompt_tokens=prompt_tokens, context_tokens=context, safety_margin=margin,
-                           overhead_gb=overhead_gb)
+                           overhead_gb=overhead_gb, concurrency=concurrency)
         if pareto:
             _pareto(spec, sw, swarm, cost, preference, carbon_scope, max_points, plot, as_json)
             return
@@ -86,7 +89,11 @@ def _pareto(spec, sw, swarm_path, cost, preference, carbon_scope, max_points, pl
     from prismn.cli.render import pareto_table, plot_pareto
     from prismn.placement.pareto import pareto_front
 
-    front = pareto_front(spec, sw, cost, carbon_scope, max_points)
+    try:
+        front = pareto_front(spec, sw, cost, carbon_scope, max_points)
+    except MemoryError:
+        raise PlanError(f"the Pareto front of {len(sw)} peers ran out of memory: plan on a machine with more "
+                        f"memory, or give fewer peers") from None
     if not front.plans:
         raise PlanError("no plan fits this swarm, so there is no Pareto front: see `prismn plan` for what is missing")
     baselines = [make_plan(name, spec, sw, PlanRequest(preference=pref, cost=cost))

@@ -33,7 +33,9 @@ def plan_label(ev: EvaluatedPlan) -> str:
 
 def plan_table(ev: EvaluatedPlan) -> Table:
     verdict = "[green]feasible[/green]" if ev.feasible else "[red]INFEASIBLE[/red]"
-    t = Table(title=f"{ev.plan.strategy} — {ev.plan.model} — {verdict}", title_justify="left")
+    proof = ev.proof
+    proof = f"[green]{proof}[/green]" if proof == "optimal" else f"[yellow]{proof}[/yellow]"
+    t = Table(title=f"{ev.plan.strategy} — {ev.plan.model} — {verdict} — {proof}", title_justify="left")
     for col in ("#", "peer", "layers", "emb/head", "GPU", "VRAM used / free GiB", "zone", "grid g/kWh", "source", "ms/token"):
         t.add_column(col, justify="right" if col in ("#", "ms/token", "grid g/kWh") else "left")
     for i, s in enumerate(ev.stages, 1):
@@ -59,6 +61,15 @@ def metrics_lines(ev: EvaluatedPlan) -> list[str]:
         f"(mean grid {m['mean_intensity_g_per_kwh']:.0f} g/kWh), + {_fmt_g(m['gco2e_embodied_per_token'])} embodied, "
         f"+ {_fmt_g(m['gco2e_network_per_token'])} network = {_fmt_g(m['gco2e_total_per_token'])} total",
     ]
+    if "concurrency" in m:
+        lines.append(
+            f"at load ({m['concurrency']} sequence{'s' if m['concurrency'] > 1 else ''} per step, every peer reserved "
+            f"for the whole step): {m['latency_ms_per_token_at_load']:.1f} ms/token, "
+            f"{m['tokens_per_s_at_load']:.2f} tokens/s; {m['energy_j_per_token_at_load']:.2f} J/token; "
+            f"{_fmt_g(m['gco2e_per_token_at_load'])} operational + {_fmt_g(m['gco2e_embodied_per_token_at_load'])} "
+            f"embodied + {_fmt_g(m['gco2e_network_per_token_at_load'])} network = "
+            f"{_fmt_g(m['gco2e_total_per_token_at_load'])} CO2e/token")
+    lines.append(f"proof: {ev.proof}")
     route = " -> ".join([ev.hops[0]["from"], *(h["to"] for h in ev.hops)]) if ev.hops else "-"
     measured = sum(h["rtt_source"] == "measured" for h in ev.hops)
     lines.append(f"route {route} ({measured}/{len(ev.hops)} hop RTTs measured, the rest estimated from distance)")
@@ -76,7 +87,8 @@ def print_plan(console: Console, ev: EvaluatedPlan) -> None:
 
 def comparison_table(evs: list[EvaluatedPlan], reference: EvaluatedPlan | None = None) -> Table:
     t = Table(title="strategies compared on one ruler (Prismn's evaluator)", title_justify="left")
-    for col in ("strategy", "feasible", "peers", "ms/token", "TTFT ms", "J/token", "mgCO2e/token", "total mgCO2e/token"):
+    for col in ("strategy", "feasible", "peers", "ms/token", "TTFT ms", "J/token", "mgCO2e/token", "total mgCO2e/token",
+                "proof"):
         t.add_column(col, justify="left" if col == "strategy" else "right")
     if reference is not None:
         t.add_column(f"latency / carbon vs {reference.plan.strategy}", justify="right")
@@ -85,7 +97,7 @@ def comparison_table(evs: list[EvaluatedPlan], reference: EvaluatedPlan | None =
         row = [plan_label(ev),
                "[green]yes[/green]" if ev.feasible else "[red]no[/red]", str(m["peers_used"]),
                f"{m['latency_ms_per_token']:.1f}", f"{m['ttft_ms']:.0f}", f"{m['energy_j_per_token']:.2f}",
-               f"{m['gco2e_per_token'] * 1e3:.3f}", f"{m['gco2e_total_per_token'] * 1e3:.3f}"]
+               f"{m['gco2e_per_token'] * 1e3:.3f}", f"{m['gco2e_total_per_token'] * 1e3:.3f}", ev.proof]
         if reference is not None:
             r = reference.metrics
             row.append(f"{m['latency_ms_per_token'] / r['latency_ms_per_token']:.2f}x / "
@@ -100,12 +112,12 @@ def pareto_table(front, baselines: list[EvaluatedPlan]) -> Table:
     title = ("Pareto front of exact plans (latency vs carbon)" +
              ("" if front.complete else " — a subset: steps were skipped or a point was not proven"))
     t = Table(title=title, title_justify="left")
-    for col in ("#", "ms/token", metric, "peers", "mean grid g/kWh", "optimal"):
+    for col in ("#", "ms/token", metric, "peers", "mean grid g/kWh", "proof"):
         t.add_column(col, justify="right")
     for i, ev in enumerate(front.plans, 1):
         m = ev.metrics
         t.add_row(str(i), f"{m['latency_ms_per_token']:.2f}", _fmt_g(m[metric]), str(m["peers_used"]),
-                  f"{m['mean_intensity_g_per_kwh']:.0f}", "yes" if ev.plan.notes.get("optimal") else "no")
+                  f"{m['mean_intensity_g_per_kwh']:.0f}", ev.proof)
     for ev in baselines:
         m = ev.metrics
         name = plan_label(ev)

@@ -1,7 +1,7 @@
 """The cost model: the contract every strategy, the evaluator and every measurement share.
 
 For a route client -> p1 -> ... -> pk -> client, per generated token at batch 1 (DESIGN.md):
-  compute_i  = n_i * t_layer(p_i) [+ t_head on the stage holding the LM head] [+ t_embed]
+  compute_i  = [s_step_fixed(p_i)] + n_i * t_layer(p_i) [+ t_head on the stage holding the LM head] [+ t_embed]
   t_layer    = max((layer_bytes + context * kv_bytes) / (ETA_MEM * BW), flops / (ETA_COMPUTE * FLOPS))
                + LAUNCH_S, unless the peer measured its own s_per_layer for this model and dtype
   hop        = RTT/2 + bytes / bandwidth + HOP_OVERHEAD_MS, for every hop of the loop
@@ -24,6 +24,8 @@ ETA_MEM = 0.7  # achieved fraction of peak memory bandwidth in batch-1 decode (r
 ETA_COMPUTE = 0.5  # achieved fraction of dense fp16 peak FLOP/s
 LAUNCH_S = 30e-6  # per-layer kernel-launch floor of eager decode on a GPU
 ACTIVE_POWER_FRACTION = 0.65  # decode draws well below TDP (research §6: 0.6-0.8 when loaded)
+IDLE_POWER_FRACTION = 0.2  # a GPU holding a stage, clocks up, waiting: ~20% of TDP (issue 9 audit; see
+# docs/placement.md for the range, 0.1-0.4 of TDP) unless the catalog gives the GPU's own idle_w
 HOST_OVERHEAD = 1.3  # CPU, DRAM, fans and PSU on top of the GPU (Google 2025: accelerators ~58-75%)
 EMBODIED_SERVER_SHARE_KG = 712.5  # EcoLogits: 5,700 kgCO2e per 8-GPU server
 EMBODIED_LIFETIME_H = 3 * 8760.0  # EcoLogits: 3-year life
@@ -40,12 +42,15 @@ class CostOptions:
     hop_overhead_ms: float = 0.8  # per hop inside the real pipeline on CPU (benchmarks/runtime.py: ~0.7-0.9)
     k_net_kwh_per_gb: float = 0.002  # marginal network energy (research §6); 0.059 is the allocational figure
     use_measurements: bool = True  # prefer a peer's measured layer time over datasheet estimates
+    concurrency: int = 1  # sequences decoding together (batch b): KV for each, energy shared by b tokens
 
     def __post_init__(self) -> None:
         if not 0 <= self.safety_margin < 1:
             raise ValueError("safety_margin must be in [0, 1)")
         if self.prompt_tokens < 1 or self.context_tokens < 1:
             raise ValueError("prompt_tokens and context_tokens must be >= 1")
+        if self.concurrency < 1:
+            raise ValueError("concurrency must be >= 1")
 
 
 class CostModel:
@@ -55,6 +60,8 @@ class CostModel:
         self.spec = spec
         self.opt = options or CostOptions()
         self.context = min(self.opt.context_tokens, spec.max_positions)
+        # KV cache every layer reserves: the promised context for each concurrent sequence
+        self.kv_layer_bytes = self.opt.concurrency * self.context * spec.kv_bytes_per_token_per_layer()
 
     # ---- time ----------------------------------------------------------------------------
     def _measured(self, peer: Peer):
@@ -66,19 +73,38 @@ class CostModel:
         m = self._measured(peer)
         if m is not None:
             return m.s_per_layer
+        return self._layer_time_at(peer, 1)
+
+    def _layer_time_at(self, peer: Peer, b: int) -> float:
+        """Datasheet decode step of one layer at batch b: weights read once, KV and FLOPs per sequence."""
         s, ctx = self.spec, self.opt.prompt_tokens
-        mem = (s.layer_bytes + ctx * s.kv_bytes_per_token_per_layer()) / (ETA_MEM * peer.gpu.mem_bw_gbps * 1e9)
-        comp = s.layer_flops_per_token(ctx) / (ETA_COMPUTE * peer.gpu.fp16_tflops * 1e12)
+        mem = (s.layer_bytes + b * ctx * s.kv_bytes_per_token_per_layer()) / (ETA_MEM * peer.gpu.mem_bw_gbps * 1e9)
+        comp = b * s.layer_flops_per_token(ctx) / (ETA_COMPUTE * peer.gpu.fp16_tflops * 1e12)
         return max(mem, comp) + LAUNCH_S
+
+    def _head_time_at(self, peer: Peer, b: int) -> float:
+        s = self.spec
+        mem = s.head_bytes / (ETA_MEM * peer.gpu.mem_bw_gbps * 1e9)
+        comp = b * s.head_flops_per_token / (ETA_COMPUTE * peer.gpu.fp16_tflops * 1e12)
+        return max(mem, comp) + LAUNCH_S
+
+    def batch_factor(self, peer: Peer, b: int) -> float:
+        """Layer step time at batch b over batch 1 (datasheet model); scales measured times too."""
+        return 1.0 if b == 1 else self._layer_time_at(peer, b) / self._layer_time_at(peer, 1)
+
+    def head_batch_factor(self, peer: Peer, b: int) -> float:
+        return 1.0 if b == 1 else self._head_time_at(peer, b) / self._head_time_at(peer, 1)
 
     def head_time_s(self, peer: Peer) -> float:
         m = self._measured(peer)
         if m is not None:
             return m.s_head
-        s = self.spec
-        mem = s.head_bytes / (ETA_MEM * peer.gpu.mem_bw_gbps * 1e9)
-        comp = s.head_flops_per_token / (ETA_COMPUTE * peer.gpu.fp16_tflops * 1e12)
-        return max(mem, comp) + LAUNCH_S
+        return self._head_time_at(peer, 1)
+
+    def stage_fixed_s(self, peer: Peer) -> float:
+        """Per-step time of a stage that does not depend on its layer count (measured s_step_fixed)."""
+        m = self._measured(peer)
+        return m.s_step_fixed if m is not None else 0.0
 
     def embed_time_s(self, peer: Peer) -> float:
         m = self._measured(peer)
@@ -107,6 +133,18 @@ class CostModel:
         return peer.gpu.tdp_w * ACTIVE_POWER_FRACTION * HOST_OVERHEAD * peer.pue
 
     @staticmethod
+    def idle_power_w(peer: Peer) -> float:
+        """Wall power of a GPU held for a deployment but waiting (network, other stages), with host and PUE."""
+        idle = peer.gpu.idle_w if peer.gpu.idle_w else peer.gpu.tdp_w * IDLE_POWER_FRACTION
+        return idle * HOST_OVERHEAD * peer.pue
+
+    @staticmethod
+    def reserved_joules(peer: Peer, wall_s: float, compute_s: float) -> float:
+        """Energy of a peer reserved for wall_s while computing compute_s: idle x wall + (active - idle) x compute."""
+        idle = CostModel.idle_power_w(peer)
+        return idle * wall_s + (CostModel.power_w(peer) - idle) * compute_s
+
+    @staticmethod
     def embodied_g_per_s(peer: Peer) -> float:
         return (peer.gpu.embodied_kgco2e + EMBODIED_SERVER_SHARE_KG) * 1000.0 / (EMBODIED_LIFETIME_H * 3600.0)
 
@@ -123,7 +161,7 @@ class CostModel:
         if head:
             # a tied head shares the embedding's weights when both live on the same peer
             weights += s.norm_params * s.weight_bytes if (embedding and s.tied) else s.head_bytes
-        kv = n_layers * self.context * s.kv_bytes_per_token_per_layer()
+        kv = n_layers * self.kv_layer_bytes
         workspace = self.opt.prompt_tokens * (s.hidden + s.intermediate) * 2 * s.act_bytes if n_layers else 0.0
         if head:
             workspace += s.vocab * 4.0  # last-position logits in fp32
@@ -141,5 +179,5 @@ class CostModel:
         first = self.stage_bytes(1, embedding, head)
         if first > usable:
             return 0
-        per_layer = self.spec.layer_bytes + self.context * self.spec.kv_bytes_per_token_per_layer()
+        per_layer = self.spec.layer_bytes + self.kv_layer_bytes
         return min(self.spec.n_layers, 1 + int((usable - first) // per_layer))

@@ -70,6 +70,8 @@ def evaluate_plan(
     known = [s for s in plan.stages if s.peer in swarm.index]
 
     stage_rows = []
+    batch = opt.concurrency
+    at_load: list = []  # (peer, step compute time at batch b)
     compute_s = prefill_s = energy_j = gco2e = embodied = 0.0
     for i, s in enumerate(known):
         peer = swarm.peer(s.peer)
@@ -82,14 +84,19 @@ def evaluate_plan(
                 + (f" - {opt.overhead_gb:g} overhead" if opt.overhead_gb else "")
                 + f"): short by {(need - usable) / GIB:.2f} GiB"
             )
-        t = s.n_layers * cm.layer_time_s(peer)
-        tp = s.n_layers * cm.prefill_layer_time_s(peer)
+        t = s.n_layers * cm.layer_time_s(peer) + cm.stage_fixed_s(peer)
+        tp = s.n_layers * cm.prefill_layer_time_s(peer) + cm.stage_fixed_s(peer)
         if s.head:
             t += cm.head_time_s(peer)
             tp += cm.head_time_s(peer)
         if s.embedding:
             t += cm.embed_time_s(peer)
             tp += cm.embed_time_s(peer)
+        # the same step at the deployment's load (batch b): weights read once, KV and FLOPs per sequence
+        t_load = (s.n_layers * cm.layer_time_s(peer) * cm.batch_factor(peer, batch) + cm.stage_fixed_s(peer)
+                  + (cm.head_time_s(peer) * cm.head_batch_factor(peer, batch) if s.head else 0.0)
+                  + (cm.embed_time_s(peer) if s.embedding else 0.0))
+        at_load.append((peer, t_load))
         e = t * cm.power_w(peer)
         g = e * peer.intensity.g_per_kwh / 3.6e6
         compute_s += t
@@ -118,7 +125,7 @@ def evaluate_plan(
         )
 
     hops = []
-    net_s = net_prefill_s = net_j = net_g = 0.0
+    net_s = net_prefill_s = net_j = net_g = net_load_s = 0.0
     path = route(known)
     act = spec.activation_bytes_per_token
     for a, b in zip(path, path[1:], strict=False):
@@ -133,6 +140,7 @@ def evaluate_plan(
         rtt = swarm.rtt_ms(a, b)
         h = cm.hop_time_s(rtt, nbytes, bw, opt.hop_overhead_ms)
         net_s += h
+        net_load_s += cm.hop_time_s(rtt, nbytes * batch, bw, opt.hop_overhead_ms)
         net_prefill_s += cm.hop_time_s(rtt, prefill_bytes, bw, opt.hop_overhead_ms)
         j = cm.network_joules(nbytes)
         ends = [swarm.peer(p).intensity.g_per_kwh for p in (a, b) if p != CLIENT]
@@ -143,6 +151,7 @@ def evaluate_plan(
 
     latency_s = compute_s + net_s
     feasible = not problems
+    load = at_load_metrics(cm, at_load, net_load_s, batch, net_g)
     metrics = {
         "latency_ms_per_token": latency_s * 1e3,
         "compute_ms_per_token": compute_s * 1e3,
@@ -158,6 +167,33 @@ def evaluate_plan(
         "mean_intensity_g_per_kwh": (gco2e * 3.6e6 / energy_j) if energy_j else 0.0,
         "peers_used": len(known),
         "vram_used_gb": sum(r["vram_used_gb"] for r in stage_rows),
+        **load,
     }
     return EvaluatedPlan(plan, feasible, problems, metrics, stage_rows, hops,
                          {**asdict(opt), "context_tokens": cm.context, "dtype": spec.dtype})
+
+
+def at_load_metrics(cm: CostModel, at_load: list, net_load_s: float, b: int, net_g: float) -> dict[str, float]:
+    """Per token at the deployment's load, every peer reserved for the whole step (DESIGN.md, issue 9):
+
+      wall W    = sum of stage step times at batch b + every hop with b activations (one micro-batch)
+      energy_i  = (idle_i x W + (active_i - idle_i) x compute_i) / b   (power with host and PUE)
+      embodied  = sum_i embodied rate_i x W / b                        (by reserved wall time)
+    Network energy per token does not change with b (bytes per token are the same)."""
+    wall = sum(t for _, t in at_load) + net_load_s
+    energy = op = emb = 0.0
+    for peer, t in at_load:
+        e = cm.reserved_joules(peer, wall, t) / b
+        energy += e
+        op += e * peer.intensity.g_per_kwh / 3.6e6
+        emb += cm.embodied_g_per_s(peer) * wall / b
+    return {
+        "concurrency": b,
+        "latency_ms_per_token_at_load": wall * 1e3,
+        "tokens_per_s_at_load": b / wall if wall > 0 else 0.0,
+        "energy_j_per_token_at_load": energy,
+        "gco2e_per_token_at_load": op,
+        "gco2e_embodied_per_token_at_load": emb,
+        "gco2e_network_per_token_at_load": net_g,
+        "gco2e_total_per_token_at_load": op + emb + net_g,
+    }

@@ -35,6 +35,13 @@ ROLES = ("only", "first", "middle", "last")  # only = one stage holds embedding,
 CARBON_SCOPES = ("operational", "total")
 
 
+def haversine_pairs_km(lat_a: np.ndarray, lon_a: np.ndarray, lat_b: np.ndarray, lon_b: np.ndarray) -> np.ndarray:
+    """Great-circle distance of each pair (a[i], b[i]): geo.haversine_matrix_km's formula, elementwise."""
+    p1, p2 = np.radians(lat_a), np.radians(lat_b)
+    h = np.sin((p2 - p1) / 2) ** 2 + np.cos(p1) * np.cos(p2) * np.sin(np.radians(lon_b - lon_a) / 2) ** 2
+    return 2 * geo.EARTH_RADIUS_KM * np.arcsin(np.minimum(1.0, np.sqrt(h)))
+
+
 @dataclass
 class Metric:
     """One additive metric (seconds of latency, or grams of CO2e) of a stage and of a hop."""
@@ -62,18 +69,20 @@ class Instance:
 
         # ---- times: once per GPU for datasheet peers, per peer where it measured itself ----------
         lt, ht, et = np.empty(n), np.empty(n), np.empty(n)
+        fx = np.zeros(n)  # per-stage fixed step time (measured s_step_fixed), whatever the layer count
         by_gpu: dict[str, tuple[float, float, float]] = {}
         self.measured_time = np.zeros(n, dtype=bool)
         for i, p in enumerate(peers):
             if cm._measured(p) is not None:
                 lt[i], ht[i], et[i] = cm.layer_time_s(p), cm.head_time_s(p), cm.embed_time_s(p)
+                fx[i] = cm.stage_fixed_s(p)
                 self.measured_time[i] = True
                 continue
             t = by_gpu.get(p.gpu.name)
             if t is None:
                 t = by_gpu[p.gpu.name] = (cm.layer_time_s(p), cm.head_time_s(p), cm.embed_time_s(p))
             lt[i], ht[i], et[i] = t
-        self.lt, self.ht, self.et = lt, ht, et
+        self.lt, self.ht, self.et, self.fx = lt, ht, et, fx
 
         self.power = self._power(peers)
         self.intensity = np.array([p.intensity.g_per_kwh for p in peers])
@@ -88,22 +97,24 @@ class Instance:
                      (("only", (True, True)), ("first", (True, False)), ("middle", (False, False)),
                       ("last", (False, True)))}
 
-        # ---- peers whose hops do not follow the distance estimate ----------------------------------
-        self.rtt_measured = np.zeros(n, dtype=bool)
-        self.client_measured = False
-        for a, b in swarm.rtt_overrides:
-            for end in (a, b):
-                if end == CLIENT:
-                    self.client_measured = True
-                else:
-                    self.rtt_measured[swarm.index[end]] = True
-        self.any_measured = bool(swarm.rtt_overrides)
+        # ---- measured RTTs as index arrays (client = n): sub-matrices cost O(#measured), no Python loop
+        ov = swarm.rtt_overrides
+        self.any_measured = bool(ov)
+        ids = swarm.index
+        self.ovr_a = np.fromiter((n if a == CLIENT else ids[a] for a, _ in ov), dtype=np.int64, count=len(ov))
+        self.ovr_b = np.fromiter((n if b == CLIENT else ids[b] for _, b in ov), dtype=np.int64, count=len(ov))
+        self.ovr_v = np.fromiter(ov.values(), dtype=float, count=len(ov))
+        self.rtt_measured = np.zeros(n + 1, dtype=bool)
+        self.rtt_measured[self.ovr_a] = True
+        self.client_measured = bool(self.rtt_measured[n])
+        self.rtt_measured = self.rtt_measured[:n]
+        self.rtt_min_ms = min(geo.FIXED_MS, float(self.ovr_v.min())) if self.any_measured else geo.FIXED_MS
 
         # ---- metrics --------------------------------------------------------------------------------
         act = spec.activation_bytes_per_token
         self.act_bytes = act
-        self.latency = Metric("latency", lt.copy(), {"only": et + ht, "first": et.copy(), "middle": np.zeros(n),
-                                                     "last": ht.copy()}, 1.0)
+        self.latency = Metric("latency", lt.copy(), {"only": fx + et + ht, "first": fx + et, "middle": fx.copy(),
+                                                     "last": fx + ht}, 1.0)
         rate = self.power * self.intensity / 3.6e6  # grams per second of compute (operational)
         if carbon_scope == "total":
             rate = rate + self.embodied
@@ -118,8 +129,8 @@ class Instance:
             net = {r: np.zeros(n) for r in ROLES}
         self.carbon = Metric(
             "carbon", lt * rate,
-            {"only": (et + ht) * rate + net["only"], "first": et * rate + net["first"],
-             "middle": net["middle"], "last": ht * rate + net["last"]}, 0.0)
+            {"only": (fx + et + ht) * rate + net["only"], "first": (fx + et) * rate + net["first"],
+             "middle": fx * rate + net["middle"], "last": (fx + ht) * rate + net["last"]}, 0.0)
 
     # ------------------------------------------------------------------------------------------------
     def _power(self, peers) -> np.ndarray:
@@ -146,7 +157,7 @@ class Instance:
         usable = np.maximum(0.0, (self.free * (1 - self.opt.safety_margin) - self.opt.overhead_gb) * GIB)
         base = cm.stage_bytes(0, embedding, head)
         first = cm.stage_bytes(1, embedding, head)
-        per_layer = s.layer_bytes + cm.context * s.kv_bytes_per_token_per_layer()
+        per_layer = s.layer_bytes + cm.kv_layer_bytes
         extra = np.floor_divide(np.maximum(usable - first, 0.0), per_layer)
         cap = np.minimum(self.L, 1 + extra).astype(np.int64)
         cap = np.where(first > usable, 0, cap)
@@ -170,7 +181,7 @@ class Instance:
             weights = weights + s.embed_bytes
         if head:
             weights = weights + (s.norm_params * s.weight_bytes if (embedding and s.tied) else s.head_bytes)
-        kv = nf * cm.context * s.kv_bytes_per_token_per_layer()
+        kv = nf * cm.kv_layer_bytes
         workspace = self.opt.prompt_tokens * (s.hidden + s.intermediate) * 2 * s.act_bytes
         if head:
             workspace += s.vocab * 4.0
@@ -190,14 +201,14 @@ class Instance:
         same = idx_a[:, None] == idx_b[None, :]
         m[same] = 0.0
         if self.any_measured:
-            peers = self.swarm.peers
-            ids_a = [CLIENT if i < 0 else peers[i].id for i in idx_a]
-            ids_b = [CLIENT if i < 0 else peers[i].id for i in idx_b]
-            pos_b = {pid: k for k, pid in enumerate(ids_b)}
-            for ra, pa in enumerate(ids_a):
-                for (x, y), v in self.swarm.rtt_overrides.items():
-                    if x == pa and y in pos_b:
-                        m[ra, pos_b[y]] = v
+            n = self.n
+            pos_a = np.full(n + 1, -1)
+            pos_b = np.full(n + 1, -1)
+            pos_a[np.where(idx_a < 0, n, idx_a)] = np.arange(len(idx_a))
+            pos_b[np.where(idx_b < 0, n, idx_b)] = np.arange(len(idx_b))
+            ra, rb = pos_a[self.ovr_a], pos_b[self.ovr_b]
+            hit = (ra >= 0) & (rb >= 0)
+            m[ra[hit], rb[hit]] = self.ovr_v[hit]
         return m
 
     def hop_time_matrix(self, idx: np.ndarray) -> np.ndarray:
@@ -219,21 +230,66 @@ class Instance:
 
     def hop_lower_bounds(self) -> tuple[float, float]:
         """Smallest possible client hop and peer-to-peer hop (seconds), for any pair of peers."""
-        rtt_min = geo.FIXED_MS
-        if self.any_measured:
-            rtt_min = min(rtt_min, min(self.swarm.rtt_overrides.values()))
+        rtt_min = self.rtt_min_ms
         bw_max = float(self.bw.max()) if self.n else 1.0
         ovh = self.opt.hop_overhead_ms / 1000.0
         tok = rtt_min / 2000.0 + (TOKEN_ID_BYTES + FRAME_HEADER_BYTES) * 8 / (bw_max * 1e6) + ovh
         act = rtt_min / 2000.0 + (self.act_bytes + FRAME_HEADER_BYTES) * 8 / (bw_max * 1e6) + ovh
         return tok, act
 
-    def client_distance_s(self) -> np.ndarray:
-        """Distance part of the one-way delay client<->peer (s): ROUTE_FACTOR * d / V_FIBRE.
+    def _delta_s(self, lat_a, lon_a, lat_b, lon_b) -> np.ndarray:
+        """Distance part of the estimated one-way delay (s): ROUTE_FACTOR * d / V_FIBRE. A metric."""
+        return geo.ROUTE_FACTOR * geo.haversine_matrix_km(lat_a, lon_a, lat_b, lon_b) / geo.V_FIBRE_KM_PER_MS / 1000.0
 
-        Any loop through the client and peer q travels at least twice this (triangle inequality on the
-        great circle), as long as no hop of the loop uses a measured RTT.
+    def client_path_bound_s(self, max_shortcuts: int = 64) -> np.ndarray:
+        """pi(q) <= the one-way delay in excess of rtt_min/2 of ANY path client -> ... -> q (seconds).
+
+        A loop through q holds two edge-disjoint such paths (there and back), so it pays >= 2 pi(q)
+        on top of rtt_min/2 per hop. Unmeasured hops pay at least delta (the distance part, a metric).
+        A measured hop pays (rtt - rtt_min)/2; call alpha the largest factor with measured >= alpha *
+        delta on all but the `max_shortcuts` most optimistic measured pairs (the shortcuts). Then every
+        hop pays >= alpha * delta except the shortcuts, and the best path is at least the shortest path
+        on the small graph {client, shortcut ends} with alpha * delta between any two nodes plus the
+        shortcuts (Floyd-Warshall), extended to q by alpha * delta. Without measurements: pi = delta.
         """
         c = self.swarm.coordinator
-        d = geo.haversine_matrix_km(np.array([c.lat]), np.array([c.lon]), self.lat, self.lon)[0]
-        return geo.ROUTE_FACTOR * d / geo.V_FIBRE_KM_PER_MS / 1000.0
+        clat, clon = np.array([c.lat]), np.array([c.lon])
+        direct = self._delta_s(clat, clon, self.lat, self.lon)[0]
+        if not self.any_measured:
+            return direct
+        n = self.n
+        a, b, v = self.ovr_a, self.ovr_b, self.ovr_v
+        keep = a < b  # each pair once (the overrides hold both directions; the client is index n)
+        a, b, v = a[keep], b[keep], v[keep]
+        lat = np.append(self.lat, c.lat)
+        lon = np.append(self.lon, c.lon)
+        dist = haversine_pairs_km(lat[a], lon[a], lat[b], lon[b])
+        delta = geo.ROUTE_FACTOR * dist / geo.V_FIBRE_KM_PER_MS / 1000.0
+        excess = np.maximum((v - self.rtt_min_ms) / 2000.0, 0.0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.where(delta > 0, excess / delta, np.inf)
+        short = np.nonzero(ratio < 1.0)[0]
+        alpha = 1.0
+        if len(short) > max_shortcuts:
+            order = short[np.argsort(ratio[short], kind="stable")]
+            alpha = float(ratio[order[max_shortcuts]])
+            short = order[:max_shortcuts]
+        if not len(short):
+            return alpha * direct
+        hubs = np.unique(np.concatenate([a[short], b[short], [n]]))
+        k = len(hubs)
+        D = alpha * self._delta_s(lat[hubs], lon[hubs], lat[hubs], lon[hubs])
+        pos = {int(x): i for i, x in enumerate(hubs)}
+        for e in short:
+            i, j = pos[int(a[e])], pos[int(b[e])]
+            D[i, j] = D[j, i] = min(D[i, j], excess[e])
+        for m in range(k):  # Floyd-Warshall on <= 2 * max_shortcuts + 1 nodes
+            D = np.minimum(D, D[:, m:m + 1] + D[m:m + 1, :])
+        from_client = D[pos[n]]
+        out = alpha * direct
+        for i, hub in enumerate(hubs):
+            if hub == n:
+                continue
+            out = np.minimum(out, from_client[i] + alpha * self._delta_s(lat[hub:hub + 1], lon[hub:hub + 1],
+                                                                         self.lat, self.lon)[0])
+        return out

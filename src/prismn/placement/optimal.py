@@ -27,6 +27,7 @@ How (all steps are exact, see search.py for the search itself):
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass
 
@@ -36,11 +37,17 @@ from prismn.errors import PlanError
 from prismn.model import GIB, ModelSpec
 from prismn.placement.costmodel import CostOptions
 from prismn.placement.instance import ROLES, Instance
+from prismn.placement.knapsack import solve_order_free
 from prismn.placement.plan import Plan, Stage
 from prismn.placement.search import INF, Costs, Result, Search, dssr, relaxed_bounds, through_bounds
 from prismn.swarm import Swarm
 
 OBJECTIVES = ("latency", "carbon", "balanced")
+DSSR_CELLS = 2e9  # most cells of one relaxation table (decremental state-space relaxation, search.py)
+# a seed only has to give a good feasible plan (its cost filters every other peer), not a proof: a small
+# relaxation, then a greedy dive, keep a few reused peers from blowing DSSR up on a 16-peer seed
+SEED_THETA, SEED_POPS = 6, 2_000
+SEARCH_POPS = 10_000  # labels one best-first search may expand (the slowest seen here: ~80 s)
 STRATEGY = "prismn"
 
 
@@ -106,11 +113,12 @@ class Engine:
     def __init__(self, spec: ModelSpec, swarm: Swarm, options: CostOptions | None = None,
                  carbon_scope: str = "operational"):
         self.inst = Instance(spec, swarm, options, carbon_scope)
+        self.cells = DSSR_CELLS
         self.L = self.inst.L
         inst = self.inst
         self.usable = np.nonzero(inst.caps["middle"] >= 1)[0]
         self.tok_lb, self.act_lb = inst.hop_lower_bounds()
-        self.dist = np.zeros(inst.n) if inst.any_measured else inst.client_distance_s()
+        self.dist = inst.client_path_bound_s()  # valid with measured RTTs too (triangle-violating ones)
 
     # ---- costs ----------------------------------------------------------------------------------
     def _arrays(self, wl: float, wc: float, idx: np.ndarray):
@@ -211,8 +219,11 @@ class Engine:
 
     # ---- one exact solve -----------------------------------------------------------------------------
     def solve(self, wl: float, wc: float, s_metric: str, bound_s: float | None = None,
-              max_pops: int = 400_000, time_limit_s: float = 30.0) -> Solution | None:
-        """Lexicographic min of (wl*latency + wc*carbon, S) with S = latency|carbon, S <= bound_s."""
+              max_pops: int = SEARCH_POPS, max_cells: float = DSSR_CELLS) -> Solution | None:
+        """Lexicographic min of (wl*latency + wc*carbon, S) with S = latency|carbon, S <= bound_s.
+
+        Budgets are deterministic: max_pops labels expanded, max_cells DP-table cells per relaxation."""
+        self.cells = max_cells
         t0 = time.perf_counter()
         inst = self.inst
         sl, sc = (1.0, 0.0) if s_metric == "latency" else (0.0, 1.0)
@@ -234,7 +245,7 @@ class Engine:
         inc: Result | None = None
         while seed_n < len(order):
             seed_idx = order[:seed_n]
-            inc = self._search(seed_idx, wl, wc, sl, sc, bound_s, None, 20_000, time_limit_s)
+            inc = self._seed(seed_idx, wl, wc, sl, sc, bound_s)
             if inc is not None:
                 break
             seed_n *= 4
@@ -245,7 +256,7 @@ class Engine:
                 break
             seed_n *= 4
             bigger = order[:seed_n]
-            better = self._search(bigger, wl, wc, sl, sc, bound_s, None, 20_000, time_limit_s)
+            better = self._seed(bigger, wl, wc, sl, sc, bound_s)
             if better is None:
                 break
             seed_idx, inc = bigger, better
@@ -267,7 +278,7 @@ class Engine:
         else:
             cand, incumbent = order, None
         stats["candidates"] = len(cand)
-        res = self._search(cand, wl, wc, sl, sc, bound_s, incumbent, max_pops, time_limit_s)
+        res = self._search(cand, wl, wc, sl, sc, bound_s, incumbent, max_pops)
         idx = cand
         if res is None:
             return None
@@ -294,13 +305,32 @@ class Engine:
             keep &= through_bounds(S, caps, self.L, relaxed_bounds(S, caps, self.L)) <= bound_s * (1 + 1e-12)
         return idx[keep]
 
-    def _search(self, idx, wl, wc, sl, sc, bound_s, incumbent, max_pops, time_limit_s) -> Result | None:
+    def _seed(self, idx, wl, wc, sl, sc, bound_s) -> Result | None:
+        """A good feasible plan on a few peers. Unbounded: a small relaxation, else a greedy dive. Bounded:
+        a small search too, since a greedy dive rarely meets a tight bound."""
+        if bound_s is None:
+            return self._search(idx, wl, wc, sl, sc, None, None, 0, SEED_THETA, prove=False)
+        return self._search(idx, wl, wc, sl, sc, bound_s, None, SEED_POPS, SEED_THETA)
+
+    def _search(self, idx, wl, wc, sl, sc, bound_s, incumbent, max_pops, max_theta: int = 14,
+                prove: bool = True) -> Result | None:
+        check_memory(len(idx))
         W_lat = self.inst.hop_time_matrix(idx) if (wl or sl) else None
         P = self.costs(wl, wc, idx, W_lat)
         S = self.costs(sl, sc, idx, W_lat)
         caps = {r: self.inst.caps[r][idx] for r in ROLES}
-        path, value, info = dssr(P, caps, self.L)
+        if not wl and bound_s is None:  # order-free (carbon): an exact knapsack, the order for latency after
+            path, value = solve_order_free(P.R, P.F, caps, self.L)
+            if path is None:
+                return None
+            path = [path[i] for i in best_order(_sub_hops(S.W, path), len(path))]
+            return Result(path, value, _cost(S, path), True, 0, value, stats={"method": "knapsack"})
+        path, value, info = dssr(P, caps, self.L, max_theta, max_cells=self.cells)
         tables_P = info.pop("tables", None)
+        if path is None and not wl and math.isfinite(value):  # dssr gave up: the knapsack is exact
+            path, value = solve_order_free(P.R, P.F, caps, self.L)
+            if path is not None:
+                path = [path[i] for i in best_order(_sub_hops(S.W, path), len(path))]
         if bound_s is None:  # scalar objective: decremental state-space relaxation, exact
             if path is not None:
                 return Result(path, value, _cost(S, path), True, 0, value, stats={"dssr": info})
@@ -310,7 +340,7 @@ class Engine:
         else:  # bounded: best-first search with the DSSR tables of both metrics as bounds
             if not math.isfinite(value):
                 return None
-            path_s, value_s, info_s = dssr(S, caps, self.L)
+            path_s, value_s, info_s = dssr(S, caps, self.L, max_theta, max_cells=self.cells)
             tables_S = info_s.pop("tables", None)
             if value_s > bound_s * (1 + 1e-12):
                 return None
@@ -333,7 +363,7 @@ class Engine:
                 best_dual = (-INF, None, 0.0)
                 for _ in range(8):
                     comb = P.combine(1.0, S, lam)
-                    pl, vl, info_l = dssr(comb, caps, self.L)
+                    pl, vl, info_l = dssr(comb, caps, self.L, max_theta, max_cells=self.cells)
                     tab = info_l.pop("tables", None)
                     if pl is None:
                         break
@@ -355,7 +385,14 @@ class Engine:
                 incumbent = best_inc[1]
         if incumbent is None:
             incumbent = s.dive()
-        return s.run(incumbent, max_pops=max_pops, time_limit_s=time_limit_s, tighten=False)
+        if not prove:  # a seed: any good feasible plan will do, the search proper comes later
+            if incumbent is None:
+                return None
+            p_val, s_val = _cost(P, incumbent), _cost(S, incumbent)
+            if bound_s is not None and s_val > bound_s:
+                return None
+            return Result(incumbent, p_val, s_val, False, 0, -INF, note="seed plan, not searched")
+        return s.run(incumbent, max_pops=max_pops, tighten=False)
 
     def _metrics(self, stages: list[tuple[int, int, str]]) -> tuple[float, float]:
         """Latency (s) and carbon (g, the instance's scope) of a plan, from the arrays."""
@@ -375,7 +412,7 @@ class Engine:
     # ---- diagnosis -------------------------------------------------------------------------------------
     def why_infeasible(self) -> str:
         inst, L, spec, cm = self.inst, self.L, self.inst.spec, self.inst.cm
-        per_layer = spec.layer_bytes + cm.context * spec.kv_bytes_per_token_per_layer()
+        per_layer = spec.layer_bytes + cm.kv_layer_bytes
         if not inst.n:
             return "the swarm has no peers"
         caps = {r: np.maximum(inst.caps[r], 0) for r in ROLES}
@@ -402,6 +439,22 @@ class Engine:
                 "remaining layers on the others")
 
 
+BYTES_PER_PAIR = 64  # the hop matrix and its temporaries: ~8 float64 arrays of (m+1)^2
+
+
+def check_memory(m: int) -> None:
+    """Refuse, in one line, a search whose candidate hop matrix would not fit in this machine's memory."""
+    need = BYTES_PER_PAIR * (m + 1) ** 2
+    try:
+        avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return
+    if need > avail:
+        raise PlanError(f"this swarm leaves {m} candidate peers after every bound, which needs about "
+                        f"{need / GIB:.1f} GiB but {avail / GIB:.1f} GiB is free: plan on a machine with more "
+                        f"memory, or give a bound (--max-latency-ms) or fewer peers")
+
+
 def _cost(c: Costs, path: list[tuple[int, int, str]]) -> float:
     m = len(c.R)
     src, total = m, 0.0
@@ -411,16 +464,18 @@ def _cost(c: Costs, path: list[tuple[int, int, str]]) -> float:
     return total + c.W[src, m]
 
 
-def polish_order(engine: Engine, sol: Solution) -> Solution:
-    """Carbon does not depend on the order of the stages: among the orders of the same stages (same
-    first and last peer, so the same roles and carbon) pick the fastest. Exact up to 9 middle stages
-    (Held-Karp), 2-opt beyond."""
-    st = sol.stages
-    if len(st) <= 3:
-        return sol
-    idx = np.array([p for p, _, _ in st])
-    W = engine.inst.hop_time_matrix(idx)
-    k = len(st)
+def _sub_hops(W: np.ndarray, path: list[tuple[int, int, str]]) -> np.ndarray:
+    """Hop matrix among a path's peers (in path order, the client last) from a candidates' hop matrix."""
+    ids = np.array([q for q, _, _ in path] + [W.shape[0] - 1])
+    return W[np.ix_(ids, ids)]
+
+
+def best_order(W: np.ndarray, k: int) -> list[int]:
+    """The fastest order of k stages whose first and last are fixed (same roles, so the same carbon):
+    positions 0..k-1, W the (k+1)x(k+1) hop matrix in that order. Exact up to 9 middle stages
+    (Held-Karp), 2-opt beyond; ties keep the given order."""
+    if k <= 3:
+        return list(range(k))
     mids = list(range(1, k - 1))
     if len(mids) <= 9:
         best: dict[tuple[int, int], tuple[float, list[int]]] = {}
@@ -441,26 +496,85 @@ def polish_order(engine: Engine, sol: Solution) -> Solution:
                     if key not in best or cand[0] < best[key][0]:
                         best[key] = cand
         end = min((best[(full, i)][0] + W[i, k - 1], best[(full, i)][1]) for i in mids)
-        order = [0] + end[1] + [k - 1]
-    else:
-        order = list(range(k))
+        return [0] + end[1] + [k - 1]
+    order = list(range(k))
 
-        def length(o):
-            return sum(W[a, b] for a, b in zip(o, o[1:], strict=False))
+    def length(o):
+        return sum(W[a, b] for a, b in zip(o, o[1:], strict=False))
 
-        improved = True
-        while improved:
-            improved = False
-            for i in range(1, k - 2):
-                for j in range(i + 1, k - 1):
-                    cand = order[:i] + order[i:j + 1][::-1] + order[j + 1:]
-                    if length(cand) < length(order) - 1e-15:
-                        order, improved = cand, True
+    improved = True
+    while improved:
+        improved = False
+        for i in range(1, k - 2):
+            for j in range(i + 1, k - 1):
+                cand = order[:i] + order[i:j + 1][::-1] + order[j + 1:]
+                if length(cand) < length(order) - 1e-15:
+                    order, improved = cand, True
+    return order
+
+
+def polish_order(engine: Engine, sol: Solution) -> Solution:
+    """Carbon does not depend on the order of the stages: among the orders of the same stages (same
+    first and last peer, so the same roles and carbon) pick the fastest (see best_order)."""
+    st = sol.stages
+    if len(st) <= 3:
+        return sol
+    idx = np.array([p for p, _, _ in st])
+    order = best_order(engine.inst.hop_time_matrix(idx), len(st))
     stages = [st[i] for i in order]
     lat, car = engine._metrics(stages)
     if lat < sol.latency_s:
         return Solution(stages, lat, car, sol.proven, sol.value, {**sol.stats, "reordered_for_latency": True})
     return sol
+
+
+
+
+def break_tie(engine: Engine, sol: Solution) -> Solution:
+    """Latency ties are broken by carbon among interchangeable peers: each stage moves to the cleanest
+    unused peer with the very same latency terms (place, timings, link, no measured RTT, room for the
+    stage). Such a swap keeps every hop and stage time, so the latency is unchanged and carbon can only
+    fall. Ties between plans that differ otherwise are not searched. Carbon ties are broken by latency
+    among the orders of the chosen stages (polish_order)."""
+    inst = engine.inst
+    key = np.stack([inst.lat, inst.lon, inst.lt, inst.et, inst.ht, inst.fx, inst.bw], axis=1)
+    used = {p for p, _, _ in sol.stages}
+    stages = list(sol.stages)
+    for k, (p, n, role) in enumerate(stages):
+        if inst.rtt_measured[p]:
+            continue
+        same = np.nonzero(np.all(key == key[p], axis=1) & ~inst.rtt_measured & (inst.caps[role] >= n))[0]
+        rate = n * inst.carbon.per_layer[same] + inst.carbon.fixed[role][same]
+        for q in same[np.argsort(rate, kind="stable")]:
+            q = int(q)
+            if q == p or q in used:
+                if q == p:
+                    break  # nothing cleaner than the peer already there
+                continue
+            used.discard(p)
+            used.add(q)
+            stages[k] = (q, n, role)
+            break
+    # layers between two stages whose peers take the same time per layer: moving them keeps latency
+    rate = inst.carbon.per_layer
+    moved = True
+    while moved:
+        moved = False
+        for a in range(len(stages)):
+            for b in range(len(stages)):
+                (pa, na, ra), (pb, nb, rb) = stages[a], stages[b]
+                if a == b or inst.lt[pa] != inst.lt[pb] or not rate[pb] < rate[pa]:
+                    continue
+                shift = min(na - 1, int(inst.caps[rb][pb]) - nb)
+                if shift > 0:
+                    stages[a], stages[b] = (pa, na - shift, ra), (pb, nb + shift, rb)
+                    moved = True
+    if stages == sol.stages:
+        return sol
+    lat, car = engine._metrics(stages)
+    if not (car < sol.carbon_g and lat <= sol.latency_s * (1 + 1e-12)):
+        return sol
+    return Solution(stages, lat, car, sol.proven, sol.value, {**sol.stats, "tie_break": "less carbon at the same latency"})
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -471,6 +585,8 @@ def solve_objective(engine: Engine, obj: Objective) -> tuple[Solution | None, di
     bc = obj.max_gco2e
     if obj.kind == "latency":
         sol = engine.solve(1.0, 0.0, "carbon", bc)
+        if sol is not None and sol.proven:
+            sol = break_tie(engine, sol)
         if sol is not None and bl is not None and sol.latency_s > bl * (1 + 1e-12):
             info["bound_missed"] = f"the fastest plan takes {sol.latency_s * 1e3:.2f} ms > --max-latency-ms {obj.max_latency_ms:g}"
             return None, info
@@ -507,6 +623,18 @@ def solve_objective(engine: Engine, obj: Objective) -> tuple[Solution | None, di
     return sol, info
 
 
+def proof_gap(sol: Solution) -> float:
+    """Relative distance of the plan's objective above the best proven lower bound (0 when optimal)."""
+    if sol.proven:
+        return 0.0
+    lb = sol.stats.get("lower_bound", 0.0)
+    return max(0.0, (sol.value - lb) / sol.value) if sol.value > 0 else 0.0
+
+
+def proof_text(proven: bool, gap: float) -> str:
+    return "optimal" if proven else f"best found, within {gap * 100:.2f}% of the proven bound"
+
+
 def objective_value(obj: Objective, latency_ms: float, carbon_g: float, normalisers: dict | None) -> float:
     if obj.kind == "latency":
         return latency_ms
@@ -528,16 +656,23 @@ def to_plan(engine: Engine, sol: Solution, name: str = STRATEGY, notes: dict | N
 def plan_optimal(spec: ModelSpec, swarm: Swarm, obj: Objective, options: CostOptions | None = None,
                  engine: Engine | None = None) -> Plan:
     t0 = time.perf_counter()
-    engine = engine or Engine(spec, swarm, options, obj.carbon_scope)
-    sol, info = solve_objective(engine, obj)
+    try:
+        engine = engine or Engine(spec, swarm, options, obj.carbon_scope)
+        sol, info = solve_objective(engine, obj)
+    except MemoryError:
+        raise PlanError(f"planning {len(swarm)} peers ran out of memory: plan on a machine with more memory, "
+                        f"or give fewer peers") from None
     info["solve_seconds"] = time.perf_counter() - t0
     if sol is None:
         why = info.get("bound_missed") or engine.why_infeasible()
         return Plan(STRATEGY, spec.name, [], info, [f"prismn found no plan that fits: {why}"])
     lat_ms = sol.latency_s * 1e3
     value = objective_value(obj, lat_ms, sol.carbon_g, info.get("normalisers"))
+    gap = proof_gap(sol)
     info.update({
         "optimal": sol.proven,
+        "proof": proof_text(sol.proven, gap),
+        "gap": gap,
         "predicted": {"latency_ms_per_token": lat_ms, obj.carbon_metric: sol.carbon_g},
         "objective_value": value,
         "search": {k: (round(v, 6) if isinstance(v, float) else v) for k, v in sol.stats.items()},

@@ -3,8 +3,9 @@
 Start from the least-carbon plan; then repeatedly ask for the least carbon with a latency strictly
 below the previous point's (ties broken by latency), until even the fastest plan is reached. Every
 point is the exact optimum of its bounded problem, so no point is dominated by any plan. With
-`max_points` the latency steps are at least (slowest - fastest) / max_points apart, so the front
-can be a subset of the full front, never a wrong one; `complete` says which.
+`max_points`, a point closer than (slowest - fastest) / max_points to the previous one is skipped
+(the walk continues from one step further), so the front can be a subset of the full front, never a
+wrong one; `complete` is true exactly when no point was skipped and every point is proven.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ from dataclasses import dataclass
 from prismn.model import ModelSpec
 from prismn.placement.costmodel import CostOptions
 from prismn.placement.evaluator import evaluate_plan
-from prismn.placement.optimal import Engine, polish_order, to_plan
+from prismn.placement.optimal import Engine, polish_order, proof_gap, proof_text, to_plan
 from prismn.placement.plan import EvaluatedPlan
 from prismn.swarm import Swarm
+
+PARETO_POPS = 2_000  # labels per Pareto point's bounded search (deterministic budget)
 
 
 @dataclass
@@ -42,12 +45,14 @@ def pareto_front(spec: ModelSpec, swarm: Swarm, options: CostOptions | None = No
     skipped = False
     while sols[-1].latency_s > fastest.latency_s * (1 + 1e-12):
         prev = sols[-1].latency_s
-        bound = prev * (1 - 1e-9)
-        if prev - step < bound:
-            bound, skipped = prev - step, True
-        if bound <= fastest.latency_s:
-            bound = fastest.latency_s * (1 + 1e-12)
-        sol = engine.solve(0.0, 1.0, "latency", bound, max_pops=50_000, time_limit_s=20.0)
+        # the exact next point: least carbon with latency strictly below the previous point's
+        sol = engine.solve(0.0, 1.0, "latency", max(prev * (1 - 1e-9), fastest.latency_s * (1 + 1e-12)),
+                           max_pops=PARETO_POPS)
+        if sol is not None and sol.latency_s > prev - step and prev - step > fastest.latency_s:
+            # closer than the step to the previous point: skip it (a real point left out of the front)
+            stepped = engine.solve(0.0, 1.0, "latency", prev - step, max_pops=PARETO_POPS)
+            if stepped is not None:
+                sol, skipped = stepped, True
         if sol is None or sol.latency_s >= prev:
             break
         complete &= sol.proven
@@ -62,6 +67,7 @@ def pareto_front(spec: ModelSpec, swarm: Swarm, options: CostOptions | None = No
         if dominated:
             continue
         plan = to_plan(engine, s, notes={"pareto_point": k, "optimal": s.proven,
+                                         "proof": proof_text(s.proven, proof_gap(s)),
                                          "predicted": {"latency_ms_per_token": s.latency_s * 1e3, metric: s.carbon_g}})
         plans.append(evaluate_plan(plan, spec, swarm, engine.inst.opt))
     plans.sort(key=lambda e: -e.metrics["latency_ms_per_token"])

@@ -40,8 +40,16 @@ class EvaluatedPlan:
     hops: list[dict[str, Any]]
     options: dict[str, Any]
 
+    @property
+    def proof(self) -> str:
+        """'optimal', 'best found, within X% of the proven bound', or what a baseline can claim."""
+        if "proof" in self.plan.notes:
+            return self.plan.notes["proof"]
+        return "no plan" if not self.plan.stages else "heuristic: no optimality claim"
+
     def to_json(self) -> dict[str, Any]:
         return {
+            "proof": self.proof,
             "strategy": self.plan.strategy,
             "model": self.plan.model,
             "feasible": self.feasible,

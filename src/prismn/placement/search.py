@@ -325,7 +325,8 @@ class Search:
 
     # -------------------------------------------------------------------------------------------
     def run(self, incumbent: list[tuple[int, int, str]] | None = None, max_pops: int = 200_000,
-            time_limit_s: float = 60.0, tighten: bool = True) -> Result | None:
+            tighten: bool = True) -> Result | None:
+        """Best-first search; the budget is in labels expanded (deterministic, never wall-clock)."""
         t0 = time.perf_counter()
         L, m = self.L, self.m
         if not math.isfinite(self.bP.root) or self.bS.root > self.bound:
@@ -394,7 +395,7 @@ class Search:
                 return Result(self._path(lab, J, Pp, PAR, N, ROLE), GP[lab], GS[lab], True, pops, GP[lab],
                               stats={"labels": len(J), "seconds": time.perf_counter() - t0})
             pops += 1
-            if pops > max_pops or (pops % 256 == 0 and time.perf_counter() - t0 > time_limit_s):
+            if pops > max_pops:
                 return self._give_up(heap, best_key, J, Pp, PAR, N, ROLE, DONE, GP, GS, pops, t0)
             j, p, v = J[lab], Pp[lab], V[lab]
             used_mask = _unpack(v, m)
