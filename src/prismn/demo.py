@@ -9,6 +9,7 @@ prints the answers and the MEASURED latency and carbon per token side by side. T
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -28,6 +29,7 @@ QUESTION = "What is the capital of France?"
 COORDINATOR_CITY = "London"
 # (city, free memory offered in GiB): each peer holds a part of the model, none holds all of it
 PEERS = [("Oslo", 0.55), ("Paris", 0.6), ("São Paulo", 0.55), ("Ashburn", 0.6), ("Mumbai", 0.55), ("Tokyo", 0.6)]
+BURST = 8  # concurrent users in the demo's burst
 RUNS = [("prismn-hackathon", {"strategy": "prismn-hackathon", "preference": "low-carbon"}),
         ("prismn", {"strategy": "prismn", "objective": "carbon"})]
 
@@ -50,11 +52,12 @@ class Demo:
         self.max_tokens = max_tokens
         self.tmp = Path(tempfile.mkdtemp(prefix="prismn-demo-"))
         self.procs: list[subprocess.Popen] = []
+        self.peer_procs: dict[str, subprocess.Popen] = {}  # peer id -> its process
         self.token = "demo-" + os.urandom(6).hex()
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
 
-    def _spawn(self, args: list[str], log: str) -> subprocess.Popen:
+    def spawn(self, args: list[str], log: str) -> subprocess.Popen:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
                "TQDM_DISABLE": "1"}
         p = subprocess.Popen([sys.executable, "-m", "prismn", *args], stdout=(self.tmp / log).open("w"),
@@ -62,11 +65,11 @@ class Demo:
         self.procs.append(p)
         return p
 
-    def _api(self, method: str, path: str, **kw: Any) -> httpx.Response:
+    def api(self, method: str, path: str, **kw: Any) -> httpx.Response:
         return httpx.request(method, self.url + path, headers={"Authorization": f"Bearer {self.token}"},
                              timeout=600, **kw)
 
-    def _wait(self, what: str, cond: Any, timeout: float) -> Any:
+    def wait(self, what: str, cond: Any, timeout: float) -> Any:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for p in self.procs:
@@ -81,6 +84,49 @@ class Demo:
             time.sleep(0.3)
         raise RuntimeError(f"timed out waiting for {what}; logs in {self.tmp}")
 
+    def start_coordinator(self, wan: bool = True, extra: list[str] | None = None) -> None:
+        c = self.console
+        what = "emulated wide-area network" if wan else "loopback, no delay added"
+        with c.status(f"starting the coordinator (SQLite in a temporary folder, {what})"):
+            self.spawn(["coordinator", "--port", str(self.port), "--db", f"sqlite:///{self.tmp / 'prismn.db'}",
+                        "--token", self.token, "--city", COORDINATOR_CITY, *(["--emulate-wan"] if wan else []),
+                        "--lease-s", "20", "--heartbeat-s", "2", *(extra or [])], "coordinator.log")
+            self.wait("the coordinator", lambda: httpx.get(self.url + "/healthz", timeout=2).status_code == 200, 90)
+        c.print(f"[green]✓[/green] coordinator on {self.url}, standing in {COORDINATOR_CITY}")
+
+    def start_peers(self, peers: list[tuple[str, float]]) -> list[dict[str, Any]]:
+        """Start peers ONE AFTER ANOTHER: each times its own layers while the machine is otherwise quiet,
+        so its measurement is not another peer's start-up (the bench lock serialises them as well)."""
+        joined_peers: list[dict[str, Any]] = []
+        for i, (city, vram) in enumerate(peers, 1):
+            with self.console.status(f"starting peer {i}/{len(peers)} in {city}: it times its own layers, "
+                                     "then joins"):
+                self._spawn_peer(city, vram)
+
+                def joined(n: int = i) -> list[dict] | None:
+                    got = self.api("GET", "/v1/peers").json()["data"]
+                    ok = [p for p in got if p["status"] == "online" and p["measurements"]]
+                    return got if len(ok) == n else None
+
+                joined_peers = self.wait(f"peer {city}", joined, 120)
+        return joined_peers
+
+    def _spawn_peer(self, city: str, vram: float) -> None:
+        self.peer_procs[_slug(city)] = self.spawn(
+            ["peer", "--coordinator", self.url, "--token", self.token, "--city", city, "--vram", str(vram),
+             "--gpu", "CPU", "--id", _slug(city), "--bench-model", MODEL, "--bench-lock",
+             str(self.tmp / "bench.lock")], f"peer-{_slug(city)}.log")
+
+    def restart_peer(self, city: str, vram: float) -> None:
+        """Start a peer again after it was killed (same id): it re-joins and may serve again."""
+        old = self.peer_procs.get(_slug(city))
+        if old is not None and old in self.procs:
+            self.procs.remove(old)  # its death was wanted: waits must not treat it as a crash
+        self._spawn_peer(city, vram)
+        self.wait(f"peer {city} back online", lambda: any(
+            p["id"] == _slug(city) and p["status"] == "online" for p in self.api("GET", "/v1/peers").json()["data"]),
+            120)
+
     def run(self) -> None:
         c = self.console
         t0 = time.monotonic()
@@ -92,27 +138,8 @@ class Demo:
             prepare_model(MODEL)
         c.print(f"[green]✓[/green] model ready ({time.monotonic() - t0:.0f} s)")
 
-        with c.status("starting the coordinator (SQLite in a temporary folder, emulated wide-area network)"):
-            self._spawn(["coordinator", "--port", str(self.port), "--db", f"sqlite:///{self.tmp / 'prismn.db'}",
-                         "--token", self.token, "--city", COORDINATOR_CITY, "--emulate-wan",
-                         "--lease-s", "20", "--heartbeat-s", "2"], "coordinator.log")
-            self._wait("the coordinator", lambda: httpx.get(self.url + "/healthz", timeout=2).status_code == 200, 90)
-        c.print(f"[green]✓[/green] coordinator on {self.url}, standing in {COORDINATOR_CITY}")
-
-        # one after another: each peer times its own layers while the machine is otherwise quiet, so
-        # its measurement is not another peer's start-up
-        for i, (city, vram) in enumerate(PEERS, 1):
-            with c.status(f"starting peer {i}/{len(PEERS)} in {city}: it times its own layers, then joins"):
-                self._spawn(["peer", "--coordinator", self.url, "--token", self.token, "--city", city,
-                             "--vram", str(vram), "--gpu", "CPU", "--id", _slug(city), "--bench-model", MODEL,
-                             "--bench-lock", str(self.tmp / "bench.lock")], f"peer-{_slug(city)}.log")
-
-                def joined(n: int = i) -> list[dict] | None:
-                    peers = self._api("GET", "/v1/peers").json()["data"]
-                    ok = [p for p in peers if p["status"] == "online" and p["measurements"]]
-                    return peers if len(ok) == n else None
-
-                peers = self._wait(f"peer {city}", joined, 120)
+        self.start_coordinator(wan=True)
+        peers = self.start_peers(PEERS)
         t = Table("peer", "zone", "grid g/kWh", "offers GiB", "measured ms/layer", title="peers (locations declared)")
         from prismn.swarm import parse_swarm
 
@@ -129,9 +156,10 @@ class Demo:
 
         client = OpenAI(base_url=self.url + "/v1", api_key="not-needed")
         results = []
+        burst = failure = None
         for label, req in RUNS:
             with c.status(f"deploying SmolLM2-135M with the {label} plan (peers load their layers)"):
-                r = self._api("POST", "/v1/deployments", json={"model": MODEL, "name": f"smollm2-{label}", **req})
+                r = self.api("POST", "/v1/deployments", json={"model": MODEL, "name": f"smollm2-{label}", **req})
             dep = r.json()
             if dep.get("state") != "ready":
                 msg = dep.get("error") or dep.get("error", {})
@@ -145,8 +173,25 @@ class Demo:
                                                       max_tokens=self.max_tokens,
                                                       messages=[{"role": "user", "content": QUESTION}])
             results.append((label, dep, resp.choices[0].message.content, resp.usage.model_extra["carbon"]))
-            self._api("DELETE", f"/v1/deployments/{dep['id']}")
+            if label == "prismn":
+                with c.status(f"a burst of {BURST} users at once on the {label} deployment (their decode steps "
+                              "batch on every stage)"):
+                    from prismn.loadgen import run_burst
+
+                    burst = [run_burst(self.url + "/v1", f"smollm2-{label}", n, self.max_tokens) for n in (1, BURST)]
+                failure = self.failure_scene(f"smollm2-{label}", dep)
+            if label != "prismn":  # Prismn's stays up for the dashboard
+                self.api("DELETE", f"/v1/deployments/{dep['id']}")
         self.report(results)
+        if burst is not None:
+            self.report_burst(burst)
+        if failure is not None:
+            self.report_failure(failure)
+        c.print(f"[bold]dashboard:[/bold] {self.url}/  (the swarm on a map, the live route, the Pareto front, "
+                f"a chat with receipts; admin actions take the join token {self.token})")
+        if sys.stdin.isatty():
+            with contextlib.suppress(EOFError, KeyboardInterrupt):
+                input("press Enter to stop the demo ")
         c.print(f"[dim]demo took {time.monotonic() - t0:.0f} s; logs were in {self.tmp}[/dim]")
 
     def report(self, results: list[tuple[str, dict, str | None, dict | None]]) -> None:
@@ -177,6 +222,65 @@ class Demo:
                       _ratio(b["decode_gco2e_per_token"], a["decode_gco2e_per_token"]), "",
                       _ratio(b["gco2e_per_token"], a["gco2e_per_token"]), "")
         c.print(t)
+
+    def failure_scene(self, model: str, dep: dict) -> dict:
+        """Kill the first stage's peer in the middle of a streamed answer: the answer goes on after a pause."""
+        from openai import OpenAI
+
+        victim = dep["plan"]["stages"][0]["peer"]
+        client = OpenAI(base_url=self.url + "/v1", api_key="not-needed", max_retries=0, timeout=600)
+        text, times, receipt = "", [], None
+        with self.console.status(f"asking again, and killing peer {victim} (first stage) in the middle of the answer"):
+            stream = client.chat.completions.create(model=model, temperature=0, seed=0, max_tokens=self.max_tokens,
+                                                    messages=[{"role": "user", "content": QUESTION}], stream=True)
+            for i, ch in enumerate(stream):
+                if ch.choices and ch.choices[0].delta.content:
+                    text += ch.choices[0].delta.content
+                    times.append(time.perf_counter())
+                if ch.usage is not None:
+                    receipt = ch.usage.model_extra["carbon"]
+                if i == 4 and self.peer_procs.get(victim) is not None:
+                    proc = self.peer_procs[victim]
+                    if proc in self.procs:
+                        self.procs.remove(proc)  # a wanted death, not a crash
+                    proc.kill()
+        gap = max((b - a for a, b in zip(times, times[1:], strict=False)), default=0.0)
+        return {"victim": victim, "text": text, "pause_s": gap, "receipt": receipt,
+                "route_before": [s["peer"] for s in dep["plan"]["stages"]]}
+
+    def report_failure(self, f: dict) -> None:
+        c = self.console
+        rec = ((f["receipt"] or {}).get("recoveries") or [None])[0]
+        c.print(f"[bold]a peer failed mid-answer[/bold]: killed {f['victim']} after a few tokens; the answer went "
+                f"on: {f['text'].strip()!r}")
+        if rec is None:
+            c.print("[red]no recovery was recorded (the answer may have finished before the kill)[/red]")
+            return
+        c.print(f"  longest pause the user saw: {f['pause_s']:.2f} s (failure detected after "
+                f"{rec['detected_after_s']:.2f} s; re-plan, load and replay of the {rec['after_tokens']} tokens so "
+                f"far: {rec['pause_s']:.2f} s)")
+        c.print(f"  route before: client -> {' -> '.join(f['route_before'])} -> client; after: client -> "
+                f"{' -> '.join(rec['new_route'])} -> client")
+
+    def report_burst(self, runs: list[dict]) -> None:
+        """One user alone vs BURST users at once on the same deployment, measured the same way."""
+        t = Table(title=f"MEASURED: {BURST} users at once vs one alone (prismn plan, same emulated network, same "
+                        "prompts; each receipt charges its request its share of every batched pass)",
+                  title_justify="left")
+        for col in ("users", "tokens/s (all users)", "mean decode batch", "TTFT p50 ms", "ms between tokens p50",
+                    "mgCO2e/token (whole request)"):
+            t.add_column(col, justify="right")
+        for r in runs:
+            t.add_row(str(r["concurrency"]), _num(r["tokens_per_s"], "{:.1f}"), _num(r["mean_batch"], "{:.1f}"),
+                      _num(r["ttft_p50_ms"], "{:.0f}"), _num(r["itl_p50_ms"], "{:.0f}"),
+                      _num(r["mgco2e_per_token"], "{:.4f}"))
+            if r["errors"]:
+                self.console.print(f"[red]{len(r['errors'])} of {r['requests']} requests failed[/red]: {r['errors'][0]}")
+        if len(runs) == 2:
+            a, b = runs
+            t.add_row(f"ratio {BURST} / 1", _ratio(b["tokens_per_s"], a["tokens_per_s"]), "", "", "",
+                      _ratio(b["mgco2e_per_token"], a["mgco2e_per_token"]))
+        self.console.print(t)
 
     def close(self) -> None:
         for p in reversed(self.procs):

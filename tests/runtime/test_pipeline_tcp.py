@@ -80,8 +80,13 @@ def test_a_broken_link_fails_one_generation_and_the_next_reconnects(tiny, bare_p
     with Pipeline(hops) as pipe:
         pipe.load(str(ckpt))
         want = [e.token for e in pipe.generate(PROMPT, max_new_tokens=4)]
-        pipe._run(pipe.client.conns[1].close())  # the link to the last stage drops
+        gen = pipe.generate(PROMPT, max_new_tokens=4)
+        next(gen)
+        pipe._run(pipe.client.conns[1].close())  # the link to the last stage drops mid-generation
         with pytest.raises(PipelineError, match="peer s1"):
-            list(pipe.generate(PROMPT, max_new_tokens=4))
+            list(gen)
         assert pipe.client.conns == []  # all dropped: nothing half-connected is left to reuse
+        assert [e.token for e in pipe.generate(PROMPT, max_new_tokens=4)] == want
+        # a link found closed before a generation starts is simply re-dialled
+        pipe._run(pipe.client.conns[0].close())
         assert [e.token for e in pipe.generate(PROMPT, max_new_tokens=4)] == want

@@ -136,3 +136,38 @@ def test_self_benchmark_reports_contract_fields(tiny):
     assert m["dtype"] == "fp32" and m["device"] == "cpu" and m["s_per_layer"] > 0
     assert sorted(m["estimated"]) == ["s_embed", "s_head"]
     json.dumps(m)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
+def test_batched_decode_equals_each_session_alone(arch, tiny):
+    """Decode steps of sessions with different context lengths in ONE pass (left-padded caches, masked)
+    give each session the logits it gets alone, to fp32 reduction-order tolerance, and the same tokens."""
+    ck = Checkpoint(tiny[arch][0])
+    s1, s2 = Stage(ck, 0, 3), Stage(ck, 3, 6)
+    assert s1.batchable and s2.batchable
+    prompts = [[1, 2, 3, 4, 5], [7, 8], [9, 10, 11, 12, 13, 14, 15, 16], [3], [20, 21, 22]]
+
+    def run(batched: bool):
+        caches = [(s1.new_cache(), s2.new_cache()) for _ in prompts]
+        toks, logits = [], []
+        for i, p in enumerate(prompts):
+            lg = s2.forward(s1.forward(torch.tensor([p]), caches[i][0], 0), caches[i][1], 0)
+            toks.append([int(lg[0, -1].argmax())])
+        pos = [len(p) for p in prompts]
+        for _ in range(8):
+            if batched:
+                x = torch.tensor([t[-1] for t in toks])
+                lg = s2.decode_batch(s1.decode_batch(x, [c[0] for c in caches], pos), [c[1] for c in caches], pos)
+            else:
+                lg = torch.cat([s2.forward(s1.forward(torch.tensor([[t[-1]]]), c[0], q), c[1], q)[:, -1]
+                                for t, c, q in zip(toks, caches, pos, strict=True)])
+            logits.append(lg)
+            for i in range(len(prompts)):
+                toks[i].append(int(lg[i].argmax()))
+            pos = [q + 1 for q in pos]
+        return toks, torch.stack(logits)
+
+    alone, la = run(False)
+    together, lb = run(True)
+    assert together == alone
+    assert (la - lb).abs().max().item() <= 1e-5

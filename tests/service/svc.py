@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -10,6 +11,8 @@ import time
 from pathlib import Path
 
 import httpx
+
+TOKEN = "test-token-123"
 
 
 def free_port() -> int:
@@ -46,3 +49,66 @@ def wait_for(cond, timeout: float, what: str, interval: float = 0.2):
             last = e
         time.sleep(interval)
     raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
+
+
+class Cluster:
+    """A coordinator and peers as real processes (each peer fits about half the model)."""
+
+    def __init__(self, tmp, db_url: str, ckpt, coordinator_args: list[str] | None = None, vram_factor: float = 1.0):
+        from prismn.model import GIB, load_model_spec
+        from prismn.placement.costmodel import CostModel
+
+        self.tmp, self.db_url, self.ckpt = tmp, db_url, ckpt
+        self.extra = list(coordinator_args or ["--emulate-wan"])
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.coord = None
+        self.peers: dict[str, object] = {}
+        spec = load_model_spec(str(ckpt), "fp32")
+        # each peer fits about half the model: a plan needs two of them, and a spare remains
+        half = CostModel(spec).stage_bytes(spec.n_layers // 2, True, True)
+        self.vram = round(half / GIB / 0.9 * 1.05 * vram_factor, 6)
+        self.restarts = 0
+
+    def start_coordinator(self) -> None:
+        self.restarts += 1
+        self.coord = spawn(["coordinator", "--port", str(self.port), "--db", self.db_url, "--token", TOKEN,
+                            "--lease-s", "2.5", "--heartbeat-s", "0.4", "--city", "Frankfurt", *self.extra],
+                           self.tmp / f"coordinator-{self.restarts}.log")
+        wait_for(lambda: httpx.get(self.url + "/healthz", timeout=1).status_code == 200, 90, "coordinator up")
+
+    def start_peer(self, city: str) -> None:
+        pid = city.lower() + "-1"
+        self.peers[pid] = spawn(["peer", "--coordinator", self.url, "--token", TOKEN, "--city", city,
+                                 "--vram", str(self.vram), "--gpu", "CPU", "--id", pid],
+                                self.tmp / f"peer-{pid}.log")
+
+    def api(self, method: str, path: str, **kw) -> httpx.Response:
+        return httpx.request(method, self.url + path, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=180, **kw)
+
+    def peer_status(self) -> dict[str, str]:
+        return {p["id"]: p["status"] for p in self.api("GET", "/v1/peers").json()["data"]}
+
+    def close(self) -> None:
+        for p in [*self.peers.values(), self.coord]:
+            if p is not None:
+                stop(p)
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {f.name}\n{f.read_text()[-3000:]}" for f in sorted(self.tmp.glob("*.log")))
+
+    @contextlib.contextmanager
+    def running(self, cities: list[str]):
+        """The coordinator and one peer per city, all online; the logs printed if anything fails."""
+        try:
+            self.start_coordinator()
+            for city in cities:
+                self.start_peer(city)
+            wait_for(lambda: list(self.peer_status().values()).count("online") == len(cities), 120,
+                     f"{len(cities)} peers online")
+            yield self
+        except BaseException:
+            print(self.logs())
+            raise
+        finally:
+            self.close()

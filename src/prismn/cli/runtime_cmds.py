@@ -16,6 +16,7 @@ from typing import Any
 import typer
 
 from prismn.errors import PrismnError
+from prismn.text import end_of_turn_ids
 
 
 def _fail(msg: str, code: int = 2) -> typer.Exit:
@@ -92,7 +93,7 @@ def register(app: typer.Typer) -> None:
         load_token: str = typer.Option(None, "--load-token", envvar="PRISMN_LOAD_TOKEN",
                                        help="A bare server loads stages only for requests carrying this token "
                                             "(default: anyone who reaches the port; keep --host 127.0.0.1 then)."),
-        max_sessions: int = typer.Option(8, help="KV caches held at once; more sessions are refused."),
+        max_sessions: int = typer.Option(64, help="KV caches held at once (sessions batch together); more are refused."),
         max_context: int = typer.Option(4096, help="Tokens of context per session."),
         idle_timeout: float = typer.Option(300.0, help="Seconds before an idle session's cache is freed."),
         threads: int = typer.Option(None, help="torch threads (default: torch's choice)."),
@@ -209,12 +210,13 @@ def register(app: typer.Typer) -> None:
                 else:
                     prompt_in = prompt
                 use_chat = bool(getattr(tok, "chat_template", None)) if chat is None else chat
-                stop_ids = _eos_ids(tok)
+                stop_ids = end_of_turn_ids(tok) if tok is not None else []
                 tokens: list[int] = []
                 text = ""
                 for ev in pipe.generate(prompt_in, max_new_tokens=max_new_tokens, temperature=temperature,
                                         top_p=top_p, seed=seed, stop=[*stop, *stop_ids], chat=use_chat and tok is not None):
-                    tokens.append(ev.token)
+                    if ev.index >= 0:  # (index -1: text held back for stop strings, no new token)
+                        tokens.append(ev.token)
                     text += ev.text
                     if not json_out:
                         sys.stdout.write(ev.text if tok is not None else f"{ev.token} ")
@@ -250,10 +252,3 @@ def _load_tokenizer(ref: str | None) -> Any:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(ck_path))
-
-
-def _eos_ids(tok: Any) -> list[int]:
-    if tok is None:
-        return []
-    e = getattr(tok, "eos_token_id", None)
-    return [int(e)] if isinstance(e, int) else [int(x) for x in (e or [])]

@@ -41,6 +41,16 @@ def parse_location(location: str | None, city: str | None) -> tuple[float, float
     raise PrismnError("say where this machine stands: --city NAME or --location 'LAT,LON' (no IP lookup is made)")
 
 
+def _bench_lock(given: str | None) -> str | None:
+    """Peers on one host never time their layers at the same time (each would measure the others' load)."""
+    if given and given.lower() == "none":
+        return None
+    if given:
+        return given
+    _home().mkdir(parents=True, exist_ok=True)
+    return str(_home() / "bench.lock")
+
+
 def register(app: typer.Typer) -> None:
     @app.command("coordinator")
     def coordinator(
@@ -63,6 +73,14 @@ def register(app: typer.Typer) -> None:
         emulate_wan: bool = typer.Option(False, "--emulate-wan",
                                          help="Delay each link by RTT/2 estimated from the peers' locations."),
         max_tokens: int = typer.Option(1024, "--max-tokens-limit", min=1, help="Largest max_tokens accepted."),
+        max_queue: int = typer.Option(64, "--max-queue", min=0,
+                                      help="Requests per deployment that wait for a session; beyond: 429."),
+        queue_timeout_s: float = typer.Option(60.0, "--queue-timeout-s", min=0.1,
+                                              help="Longest wait in that queue before a 429."),
+        request_timeout_s: float = typer.Option(600.0, "--request-timeout-s", min=1.0,
+                                                help="A generation running longer is stopped (504)."),
+        max_body_bytes: int = typer.Option(1 << 20, "--max-body-bytes", min=1024,
+                                           help="Largest request body accepted (413 beyond)."),
     ) -> None:
         """Run the coordinator: peer registry, deployments and the OpenAI-compatible API."""
         import uvicorn
@@ -80,7 +98,9 @@ def register(app: typer.Typer) -> None:
         url = f"http://{host}:{port}"
         settings = Settings(db_url=db, join_token=token, api_key=api_key, lat=lat, lon=lon, lease_s=lease_s,
                             heartbeat_s=heartbeat_s, rejoin_grace_s=rejoin_grace_s, emulate_wan=emulate_wan,
-                            max_tokens_limit=max_tokens, public_url=url)
+                            max_tokens_limit=max_tokens, public_url=url, max_queue=max_queue,
+                            queue_timeout_s=queue_timeout_s, request_timeout_s=request_timeout_s,
+                            max_body_bytes=max_body_bytes)
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
         logging.getLogger("httpx").setLevel(logging.WARNING)
         app = create_app(settings)
@@ -107,8 +127,10 @@ def register(app: typer.Typer) -> None:
                                                help="Override the grid intensity (g/kWh)."),
         bench_model: list[str] = typer.Option([], "--bench-model",
                                                help="Prepared model to time at start (repeatable)."),
-        bench_lock: str = typer.Option(None, "--bench-lock", hidden=True,
-                                       help="Lock file shared by peers on one machine: time one at a time."),
+        bench_lock: str = typer.Option(None, "--bench-lock",
+                                       help="Lock file peers on one machine share so that their start-up "
+                                            "benchmarks run one at a time (default: bench.lock under "
+                                            "$PRISMN_HOME, ~/.cache/prismn); 'none' to time at once."),
     ) -> None:
         """Run a peer: serve stages for a coordinator, keep a lease, re-join on its own."""
         from prismn.gpus import lookup_gpu, match_gpu
@@ -133,7 +155,7 @@ def register(app: typer.Typer) -> None:
                          free_vram_gb=vram if vram is not None else hw.free_vram_gb, zone=zone or city_zone,
                          city=city_name, carbon_intensity=carbon_intensity, pue=pue, listen_host=lhost,
                          listen_port=lport, advertise_host=advertise, bench_models=list(bench_model),
-                         bench_lock=bench_lock)
+                         bench_lock=_bench_lock(bench_lock))
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
         logging.getLogger("httpx").setLevel(logging.WARNING)
 

@@ -15,11 +15,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from prismn.coordinator.dashboard import dashboard_router
 from prismn.coordinator.deployments import Deployer, deployment_json
 from prismn.coordinator.metrics import Metrics
 from prismn.coordinator.openai_api import ApiError, router
 from prismn.coordinator.registry import Registry, UnknownPeer
 from prismn.coordinator.schemas import (
+    DeploymentLimits,
     DeploymentRequest,
     HeartbeatRequest,
     HeartbeatResponse,
@@ -64,10 +66,15 @@ class State:
                              ms_per_token=receipt["measured"]["latency_ms_per_token"], receipt=receipt))
 
     async def sweep(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
+            t0 = loop.time()
             await asyncio.sleep(self.settings.sweep_s)
             try:
-                gone = self.registry.expire()
+                stalled = loop.time() - t0 - self.settings.sweep_s
+                if stalled > 1.0:  # this process could not take heartbeats meanwhile: not the peers' fault
+                    await asyncio.to_thread(self.registry.extend_leases, stalled)
+                gone = await asyncio.to_thread(self.registry.expire)
                 if gone:
                     log.info("lease expired: %s (marked offline)", ", ".join(gone))
                     self.metrics.replans.inc(self.deployer.on_peers_offline(gone))
@@ -83,6 +90,42 @@ def _first_error(exc: RequestValidationError) -> str:
         return "the request body is not valid JSON: send a JSON object"
     loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body") or "body"
     return f"{loc}: {str(err.get('msg', 'invalid')).removeprefix('Value error, ')}"
+
+
+class BodyLimit:
+    """Refuse request bodies larger than ``limit`` bytes with 413 before anything parses them (a declared
+    Content-Length is checked up front; a chunked body is counted as it arrives)."""
+
+    def __init__(self, app: Any, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        err = ApiError(413, f"the request body is larger than this server's limit of {self.limit} bytes: "
+                            "send less (or raise --max-body-bytes)", "request_too_large")
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            return await err.response()(scope, receive, send)
+        seen = 0
+
+        async def counted() -> dict[str, Any]:
+            nonlocal seen
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge
+            return msg
+
+        try:
+            await self.app(scope, counted, send)
+        except _TooLarge:
+            await err.response()(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -126,8 +169,10 @@ def create_app(settings: Settings) -> FastAPI:
     async def healthz() -> dict[str, Any]:
         return {"ok": True, "peers_online": len(state.store.peers("online"))}
 
+    # the store is synchronous (SQLAlchemy): these handlers are plain functions, which FastAPI runs in
+    # its thread pool, so heartbeats and listings never hold up the event loop that streams tokens
     @app.post("/v1/peers/join", response_model=JoinResponse)
-    async def join(request: Request, req: JoinRequest) -> JoinResponse:
+    def join(request: Request, req: JoinRequest) -> JoinResponse:
         state.check_token(request)
         row = state.registry.join(req)
         log.info("peer %s joined from %s (%s, %.1f GiB)", row.id, row.data_addr, row.gpu, row.free_vram_gb)
@@ -135,7 +180,7 @@ def create_app(settings: Settings) -> FastAPI:
                             peers=state.registry.addresses(exclude=row.id))
 
     @app.post("/v1/peers/{peer_id}/heartbeat", response_model=HeartbeatResponse)
-    async def heartbeat(peer_id: str, request: Request, req: HeartbeatRequest) -> HeartbeatResponse:
+    def heartbeat(peer_id: str, request: Request, req: HeartbeatRequest) -> HeartbeatResponse:
         state.check_token(request)
         try:
             state.registry.heartbeat(peer_id, req)
@@ -145,7 +190,7 @@ def create_app(settings: Settings) -> FastAPI:
         return HeartbeatResponse(lease_expires_in_s=settings.lease_s, peers=state.registry.addresses(exclude=peer_id))
 
     @app.get("/v1/peers")
-    async def peers(request: Request) -> dict[str, Any]:
+    def peers(request: Request) -> dict[str, Any]:
         state.check_token(request)
         rows = state.store.peers()
         return {"data": [{"id": p.id, "status": p.status, "lat": p.lat, "lon": p.lon, "zone": p.zone,
@@ -162,7 +207,7 @@ def create_app(settings: Settings) -> FastAPI:
                             content=body)
 
     @app.get("/v1/deployments")
-    async def list_deployments(request: Request) -> dict[str, Any]:
+    def list_deployments(request: Request) -> dict[str, Any]:
         state.check_token(request)
         return {"data": [deployment_json(r) for r in state.store.deployments()]}
 
@@ -171,6 +216,14 @@ def create_app(settings: Settings) -> FastAPI:
         state.check_token(request)
         try:
             return deployment_json(state.deployer.get(dep_id))
+        except KeyError:
+            raise ApiError(404, f"no deployment {dep_id!r}: list them with GET /v1/deployments") from None
+
+    @app.patch("/v1/deployments/{dep_id}")
+    def limit_deployment(dep_id: str, request: Request, req: DeploymentLimits) -> dict[str, Any]:
+        state.check_token(request)
+        try:
+            return deployment_json(state.deployer.set_limits(dep_id, req.max_sessions, req.max_queue))
         except KeyError:
             raise ApiError(404, f"no deployment {dep_id!r}: list them with GET /v1/deployments") from None
 
@@ -183,7 +236,7 @@ def create_app(settings: Settings) -> FastAPI:
             raise ApiError(404, f"no deployment {dep_id!r}: list them with GET /v1/deployments") from None
 
     @app.get("/v1/receipts")
-    async def receipts(request: Request, limit: int = Query(50, ge=1, le=1000),
+    def receipts(request: Request, limit: int = Query(50, ge=1, le=1000),
                        deployment: str | None = None) -> dict[str, Any]:
         state.check_token(request)
         return {"data": [{"id": r.id, "deployment": r.deployment_id, "created": r.created_at.isoformat() + "Z",
@@ -198,4 +251,6 @@ def create_app(settings: Settings) -> FastAPI:
         return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     app.include_router(router(state))
+    app.include_router(dashboard_router(state))
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     return app

@@ -10,9 +10,11 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import time
 from dataclasses import replace
 from typing import Any
 
+from prismn.coordinator.admission import Admission
 from prismn.coordinator.registry import Registry
 from prismn.coordinator.schemas import DeploymentRequest
 from prismn.coordinator.settings import Settings
@@ -28,6 +30,7 @@ from prismn.placement import (
     make_plan,
     strategy_names,
 )
+from prismn.placement.costmodel import CostModel
 from prismn.swarm import CLIENT, Swarm
 
 log = logging.getLogger("prismn.coordinator")
@@ -55,8 +58,26 @@ def resolve_checkpoint_path(model: str) -> str:
 LIVE_STATES = ("ready", "loading", "replanning", "restoring")
 
 
+def kv_token_budget(spec: ModelSpec, swarm: Swarm, stages: list[dict[str, Any]]) -> int:
+    """Tokens of KV cache the deployment can hold across all its sessions: on each stage, the memory the
+    peer offers beyond its weights and workspace, divided by that stage's KV bytes per token."""
+    cm = CostModel(spec, CostOptions())
+    per_layer = spec.kv_bytes_per_token_per_layer()
+    best: int | None = None
+    for st in stages:
+        if st["peer"] not in swarm.index:
+            continue
+        n = st["layers"][1] - st["layers"][0]
+        if n <= 0 or per_layer <= 0:
+            continue
+        fixed = cm.stage_bytes(n, bool(st["embedding"]), bool(st["head"])) - n * cm.context * per_layer
+        tokens = int((cm.usable_bytes(swarm.peer(st["peer"])) - fixed) // (n * per_layer))
+        best = tokens if best is None else min(best, tokens)
+    return max(1, best if best is not None else cm.context)
+
+
 class Runner:
-    """A loaded deployment: the pipeline client, its tokenizer and the plan it runs."""
+    """A loaded deployment: the pipeline client its requests share, tokenizer, plan and admission."""
 
     def __init__(self, dep_id: str, plan: dict[str, Any], addresses: dict[str, str], checkpoint: str,
                  rtt: dict[str, dict[str, float]] | None, dtype: str, model: str, load_token: str | None = None):
@@ -72,23 +93,54 @@ class Runner:
         hops = [Hop(s["peer"], addresses[s["peer"]], tuple(s["layers"]), s["embedding"], s["head"])
                 for s in plan["stages"]]
         self.client = PipelineClient(hops, rtt=RttMatrix(rtt) if rtt else None)
-        self.lock = asyncio.Lock()
         self.tokenizer: Any = None
+        self.end_ids: list[int] = []
         self.swarm: Swarm | None = None  # the swarm the plan was made on (for receipts)
+        self.admission = Admission(1, 1, 0, 1.0)  # replaced in start() once the stages are known
+        self.created = time.time()
+        self.served_as = model  # the name clients use for it
+        self.kv_budget = 1 << 30  # tokens of KV cache all sessions may hold (set in start())
 
-    async def start(self, load: bool) -> None:
+    def set_deadlines(self, step_floor_s: float, first_floor_s: float) -> None:
+        """Per-step deadlines from the plan's prediction: 3x the predicted time, never under the floors."""
+        m = self.plan.get("metrics") or {}
+        step = float(m.get("latency_ms_per_token") or 0.0) / 1e3
+        first = float(m.get("ttft_ms") or 0.0) / 1e3
+        self.client.timeout_s = max(step_floor_s, 3 * step)
+        self.client.first_token_timeout_s = max(first_floor_s, 3 * first)
+
+    async def start(self, load: bool, *, spec: ModelSpec | None = None, max_sessions: int | None = None,
+                    max_queue: int = 64, queue_timeout_s: float = 60.0) -> None:
         await self.client.connect()
         if load:
-            await self.client.load(self.checkpoint, dtype=self.dtype, name=self.model, token=self.load_token)
+            await self.client.load(self.checkpoint, dtype=self.dtype, name=self.model, token=self.load_token,
+                                   deployment=self.dep_id)
         self.client.check_chain()
         if self.tokenizer is None:
             from transformers import AutoTokenizer
 
+            from prismn.text import end_of_turn_ids
+
             self.tokenizer = await asyncio.to_thread(AutoTokenizer.from_pretrained, self.checkpoint)
+            self.end_ids = end_of_turn_ids(self.tokenizer)
+        self.kv_budget = kv_token_budget(spec, self.swarm, self.plan["stages"]) if (spec and self.swarm) else 1 << 30
+        self.admit(max_sessions, max_queue, queue_timeout_s)
+
+    def admit(self, max_sessions: int | None, max_queue: int, queue_timeout_s: float) -> None:
+        """(Re)set admission: sessions at once (what the stages hold, or fewer if asked), the KV budget,
+        the queue. Requests already running keep their slots on the admission they entered."""
+        cap = self.client.max_sessions
+        sessions = cap if max_sessions is None else min(max_sessions, cap)
+        kv = self.kv_budget
+        self.admission = Admission(sessions, kv, max_queue, queue_timeout_s, f"deployment {self.dep_id}")
+        self.plan["serving"] = {"max_sessions": sessions, "kv_token_budget": kv if kv < 1 << 30 else None,
+                                "max_queue": max_queue}
+        log.info("deployment %s admits %d sessions at once, %s KV tokens, queue %d", self.dep_id, sessions,
+                 kv if kv < 1 << 30 else "unbounded", max_queue)
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):
-            await self.client.aclose()
+            await self.client.retire()
 
 
 class Deployer:
@@ -97,7 +149,8 @@ class Deployer:
         self.load_token = load_token
         self.registry = registry
         self.settings = settings
-        self.runners: dict[str, Runner] = {}
+        self.runners: dict[str, Runner] = {}  # deployment id -> its loaded runner
+        self.by_model: dict[str, Runner] = {}  # the model name clients use -> the runner serving it now
         self._tasks: set[asyncio.Task[Any]] = set()
         self._replanning: set[str] = set()
 
@@ -149,23 +202,26 @@ class Deployer:
             online = [p.id for p in self.store.peers("online") if p.id not in exclude | busy]
             if not online:
                 raise PlanError("no free peer is online" + (f" ({len(busy)} serve other deployments)" if busy else ""))
-            swarm = self.registry.swarm(online)
-            chosen, run = self.plan(req, spec, swarm)
+            swarm = await asyncio.to_thread(self.registry.swarm, online)
+            chosen, run = await asyncio.to_thread(self.plan, req, spec, swarm)  # big swarms take a while
             if not run.feasible:
                 raise PlanError("no feasible plan on the online peers: " + "; ".join(run.problems[:3]))
             plan_json = {**run.to_json(), "strategy_plan": chosen.to_json() if run is not chosen else None}
             rtt = self.emulated_rtt(swarm, [s["peer"] for s in plan_json["stages"]])
             plan_json["emulated_rtt_ms"] = rtt
             self._update(dep_id, state="loading", plan=plan_json, error=None)
-            old = self.runners.pop(dep_id, None)
+            old = self._unserve(dep_id)
             if old:
                 await old.close()
             runner = Runner(dep_id, plan_json, self.registry.addresses(), row.checkpoint, rtt, spec.dtype, spec.name,
                             self.load_token)
             runner.swarm = swarm
-            await runner.start(load=True)
-            self.runners[dep_id] = runner
-            self._update(dep_id, state="ready")
+            await runner.start(load=True, **self._admission(req, spec))
+            self._serve(row.model, runner)
+            self._update(dep_id, state="ready", plan=runner.plan)
+            # peers of the previous plan that this one left hold weights nobody uses: free them
+            before = {s["peer"] for s in (row.plan or {}).get("stages", [])}
+            self._unload_later(before - {s["peer"] for s in runner.plan["stages"]}, spec.name, dep_id)
         except (TimeoutError, PrismnError, OSError, ConnectionError) as e:
             self._update(dep_id, state="failed", error=str(e))
             log.warning("deployment %s failed: %s", dep_id, e)
@@ -184,19 +240,109 @@ class Deployer:
                 continue
             req = DeploymentRequest.model_validate(row.request)
             try:
-                addrs = self.registry.addresses()
-                if any(s["peer"] not in addrs for s in row.plan["stages"]):
-                    raise PrismnError("a peer of the plan is not online yet")
+                # only peers that re-joined since the restart count; wait (bounded) for the plan's
+                addrs = await self._wait_for_peers([s["peer"] for s in row.plan["stages"]])
                 runner = Runner(row.id, row.plan, addrs, row.checkpoint, row.plan.get("emulated_rtt_ms"), req.dtype,
                                 req.model, self.load_token)
                 runner.swarm = self.registry.swarm([s["peer"] for s in row.plan["stages"]])
-                await runner.start(load=False)
-                self.runners[row.id] = runner
+                spec, _ = await asyncio.to_thread(self.spec_for, req.model, req.dtype)
+                await runner.start(load=False, **self._admission(req, spec))
+                self._serve(row.model, runner)
                 self._update(row.id, state="ready")
                 log.info("deployment %s restored: its peers still hold their stages", row.id)
             except Exception as e:  # anything in the way (a peer gone, another stage loaded): re-plan it
                 log.info("deployment %s not restored (%s: %s); re-planning", row.id, e.__class__.__name__, e)
                 self.schedule_replan(row.id, f"restore: {e}")
+
+    async def _wait_for_peers(self, peers: list[str]) -> dict[str, str]:
+        """The addresses of ``peers`` once all are online (re-joined), waiting at most a lease plus the
+        re-join grace; PrismnError naming the missing ones after that."""
+        st = self.settings
+        deadline = time.monotonic() + st.lease_s + st.rejoin_grace_s
+        while True:
+            addrs = await asyncio.to_thread(self.registry.addresses)
+            missing = [p for p in peers if p not in addrs]
+            if not missing:
+                return addrs
+            if time.monotonic() > deadline:
+                raise PrismnError(f"peer(s) {', '.join(missing)} did not re-join after the restart")
+            await asyncio.sleep(0.2)
+
+    # ---- failures mid-request ---------------------------------------------------------------
+    async def recover(self, runner: Runner, peer_id: str, reason: str) -> Runner:
+        """A peer of ``runner``'s plan failed during a request: take it out now (not at lease expiry),
+        re-plan the deployment on the peers still online, and return the runner that serves it next
+        (waiting at most --recovery-wait-s). Every request that hit the failure waits for the same one."""
+        if peer_id and self.runners.get(runner.dep_id) is runner:
+            log.warning("deployment %s: peer %s failed mid-request (%s); re-planning around it", runner.dep_id,
+                        peer_id, reason)
+            await asyncio.to_thread(self.registry.mark_offline, peer_id)
+            self.on_peers_offline([peer_id])
+        return await self.wait_for_runner(runner.served_as, not_this=runner)
+
+    async def wait_for_runner(self, model: str, not_this: Runner | None = None,
+                              timeout_s: float | None = None) -> Runner:
+        """The runner serving ``model`` once there is one (other than ``not_this``), while its deployment
+        is being planned, loaded, re-planned or restored; PrismnError when that fails or takes too long."""
+        deadline = time.monotonic() + (self.settings.recovery_wait_s if timeout_s is None else timeout_s)
+        while True:
+            r = self.by_model.get(model)
+            if r is not None and r is not not_this:
+                return r
+            rows = [d for d in await asyncio.to_thread(self.store.deployments) if d.model == model]
+            if not any(d.state in LIVE_STATES or d.state == "planning" for d in rows):
+                errs = [d.error for d in rows if d.error]
+                raise PrismnError(f"model {model!r} has no live deployment" + (f" ({errs[-1]})" if errs else ""))
+            if time.monotonic() > deadline:
+                raise PrismnError(f"model {model!r} is still being re-planned or restored; retry shortly")
+            await asyncio.sleep(0.1)
+
+    def _unload_later(self, peers: set[str], model: str, dep_id: str) -> None:
+        """Free the stages of ``model`` on peers that no longer serve it (best effort, in the background)."""
+        if peers:
+            task = asyncio.get_running_loop().create_task(self._unload(peers, model, dep_id))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _unload(self, peers: set[str], model: str, dep_id: str) -> None:
+        from prismn.transport import TcpTransport
+
+        addrs = await asyncio.to_thread(self.registry.addresses)
+        for pid in sorted(peers):
+            if pid not in addrs:
+                continue  # gone: nothing to free there
+            try:
+                c = await TcpTransport().connect(addrs[pid], timeout=5.0)
+                try:
+                    # only this deployment's stage: a newer deployment on that peer keeps its own
+                    await c.send({"kind": "unload", "model": model, "deployment": dep_id, "token": self.load_token})
+                    f = await asyncio.wait_for(c.recv(), 10.0)
+                    log.info("peer %s %s its stage of %s", pid, "unloaded" if f and f.kind == "unloaded"
+                             else "did not unload", model)
+                finally:
+                    await c.close()
+            except Exception as e:  # a peer that cannot be reached frees its memory when it restarts
+                log.info("could not unload %s from peer %s: %s", model, pid, e)
+
+    def _admission(self, req: DeploymentRequest, spec: ModelSpec | None) -> dict[str, Any]:
+        st = self.settings
+        return {"spec": spec, "max_sessions": req.max_sessions,
+                "max_queue": st.max_queue if req.max_queue is None else req.max_queue,
+                "queue_timeout_s": st.queue_timeout_s}
+
+    def _serve(self, model: str, runner: Runner) -> None:
+        runner.served_as = model
+        st = self.settings
+        runner.set_deadlines(st.step_deadline_floor_s, st.first_token_deadline_floor_s)
+        self.runners[runner.dep_id] = runner
+        self.by_model[model] = runner
+
+    def _unserve(self, dep_id: str) -> Runner | None:
+        runner = self.runners.pop(dep_id, None)
+        for name, r in list(self.by_model.items()):
+            if r is runner:
+                del self.by_model[name]
+        return runner
 
     def schedule_replan(self, dep_id: str, reason: str) -> None:
         if dep_id in self._replanning:
@@ -225,7 +371,7 @@ class Deployer:
             if row.state in ("stopped",) or not row.plan:
                 continue
             if gone & {s["peer"] for s in row.plan["stages"]}:
-                runner = self.runners.pop(row.id, None)
+                runner = self._unserve(row.id)
                 if runner:
                     task = asyncio.get_running_loop().create_task(runner.close())
                     self._tasks.add(task)
@@ -234,10 +380,25 @@ class Deployer:
                 n += 1
         return n
 
+    def set_limits(self, dep_id: str, max_sessions: int | None, max_queue: int | None) -> DeploymentRow:
+        """Change how many requests a deployment runs at once and queues, now and after re-plans."""
+        row = self.get(dep_id)
+        req = DeploymentRequest.model_validate({**row.request, "max_sessions": max_sessions, "max_queue": max_queue})
+        self._update(dep_id, request=req.model_dump())
+        runner = self.runners.get(dep_id)
+        if runner is not None:
+            a = self._admission(req, None)
+            runner.admit(a["max_sessions"], a["max_queue"], a["queue_timeout_s"])
+            self._update(dep_id, plan=runner.plan)
+        return self.get(dep_id)
+
     async def stop(self, dep_id: str) -> DeploymentRow:
-        runner = self.runners.pop(dep_id, None)
+        self.get(dep_id)  # KeyError (404) before anything changes
+        runner = self._unserve(dep_id)
         if runner:
             await runner.close()
+            # before answering: a deployment created right after may want these peers
+            await self._unload({h.peer_id for h in runner.client.hops}, runner.model, dep_id)
         self._update(dep_id, state="stopped")
         return self.get(dep_id)
 
@@ -247,6 +408,7 @@ class Deployer:
         for r in list(self.runners.values()):
             await r.close()
         self.runners.clear()
+        self.by_model.clear()
 
     # ---- store helpers ---------------------------------------------------------------------
     def get(self, dep_id: str) -> DeploymentRow:
@@ -264,10 +426,11 @@ class Deployer:
             row.updated_at = utcnow()
 
     def runner_for_model(self, model: str) -> Runner | None:
-        for row in self.store.deployments():
-            if row.model == model and row.state == "ready" and row.id in self.runners:
-                return self.runners[row.id]
-        return None
+        """The runner serving ``model`` now, found in memory (no store scan per request)."""
+        return self.by_model.get(model)
+
+    def served_models(self) -> list[str]:
+        return sorted(self.by_model)
 
     def ready_models(self) -> list[DeploymentRow]:
         return [r for r in self.store.deployments() if r.state == "ready" and r.id in self.runners]

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import Any
 
 from prismn.placement.costmodel import CostModel
 from prismn.swarm import Swarm
 
-ENERGY_BASIS = ("measured stage compute time x modelled power (TDP x 0.65 active x 1.3 host x PUE); "
-                "network: the plan's per-token decode-hop energy x tokens; grid intensity as named per stage")
+ENERGY_BASIS = ("measured stage compute time x modelled power (TDP x 0.65 active x 1.3 host x PUE), this request "
+                "charged its share of every batched pass it was part of (pass time x its tokens / the pass's "
+                "tokens); network: the plan's per-token decode-hop energy x tokens; grid intensity as named per "
+                "stage")
 
 
 def build_receipt(plan: dict[str, Any], swarm: Swarm, traces: list[list[Any]], prompt_tokens: int,
-                  completion_tokens: int, stats: dict[str, Any], emulated: bool) -> dict[str, Any]:
+                  completion_tokens: int, stats: dict[str, Any], emulated: bool,
+                  earlier: Sequence[tuple[dict[str, Any], Swarm | None]] = ()) -> dict[str, Any]:
     """Sum each peer's measured compute seconds over the request and price them with the cost model.
 
     traces[0] is the prefill step; the rest are decode steps, which is what the plan's per-token
@@ -21,21 +25,31 @@ def build_receipt(plan: dict[str, Any], swarm: Swarm, traces: list[list[Any]], p
     """
     compute_s: dict[str, float] = defaultdict(float)
     decode_s: dict[str, float] = defaultdict(float)
+    batches: list[int] = []  # per decode step, the largest batch this request shared on any stage
     for step, trace in enumerate(traces):
+        step_batch = 1
         for entry in trace:
             try:
                 peer_id, seconds = str(entry[0]), float(entry[1])
+                step_batch = max(step_batch, int(entry[2]) if len(entry) > 2 else 1)
             except (TypeError, ValueError, IndexError):
                 continue
             compute_s[peer_id] += seconds
             if step > 0:
                 decode_s[peer_id] += seconds
+        if step > 0:
+            batches.append(step_batch)
     decode_steps = max(0, len(traces) - 1)
     stages, joules, grams, embodied, decode_g = [], 0.0, 0.0, 0.0, 0.0
-    for st in plan["stages"]:
-        peer = swarm.peer(st["peer"]) if st["peer"] in swarm.index else None
-        if peer is None:
-            continue
+    # every stage the request ran on: the plan's, and those of plans it left after a peer failed
+    seen: set[str] = set()
+    runs: list[tuple[dict[str, Any], Any]] = []
+    for p, sw in [(plan, swarm), *earlier]:
+        for st in p["stages"]:
+            if sw is not None and st["peer"] not in seen and st["peer"] in sw.index:
+                seen.add(st["peer"])
+                runs.append((st, sw.peer(st["peer"])))
+    for st, peer in runs:
         t = compute_s.get(peer.id, 0.0)
         j = t * CostModel.power_w(peer)
         g = j * peer.intensity.g_per_kwh / 3.6e6
@@ -45,6 +59,8 @@ def build_receipt(plan: dict[str, Any], swarm: Swarm, traces: list[list[Any]], p
         decode_g += decode_s.get(peer.id, 0.0) * CostModel.power_w(peer) * peer.intensity.g_per_kwh / 3.6e6
         stages.append({"peer": peer.id, "layers": st["layers"], "zone": peer.intensity.zone,
                        "intensity_g_per_kwh": peer.intensity.g_per_kwh, "intensity_source": peer.intensity.source,
+                       "intensity_provider": peer.intensity.provider,
+                       "intensity_fallback_from": list(peer.intensity.fallback_from), "basis": peer.intensity.basis,
                        "intensity_year": peer.intensity.year, "signal": peer.intensity.signal,
                        "compute_ms": t * 1e3, "joules": j, "gco2e": g})
     m = plan.get("metrics", {})
@@ -60,6 +76,8 @@ def build_receipt(plan: dict[str, Any], swarm: Swarm, traces: list[list[Any]], p
         "decode_gco2e_per_token": (decode_g / decode_steps + m.get("gco2e_network_per_token", 0.0)
                                    if decode_steps else None),
         "energy_basis": ENERGY_BASIS,
+        "batch": {"mean": sum(batches) / len(batches) if batches else None, "max": max(batches, default=None),
+                  "decode_steps": len(batches)},
         "measured": {
             "latency_ms_per_token": stats.get("latency_ms_per_token"),
             "ttft_ms": stats.get("ttft_ms"),

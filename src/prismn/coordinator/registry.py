@@ -18,6 +18,19 @@ class UnknownPeer(KeyError):
     pass
 
 
+#: decode steps a stage must have served before its observed timing replaces its start-up benchmark
+OBSERVED_MIN_STEPS = 32
+
+
+def planning_measurements(bench: list[dict[str, Any]], stage: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """What the planner should believe of a peer's speed: the decode steps its stage really served under
+    traffic once there are enough of them (first, so they win for that model), then its benchmarks."""
+    obs = (stage or {}).get("observed") if isinstance(stage, dict) else None
+    if isinstance(obs, dict) and int(obs.get("steps") or 0) >= OBSERVED_MIN_STEPS and obs.get("s_per_layer"):
+        return [obs, *bench]
+    return list(bench)
+
+
 class Registry:
     def __init__(self, store: Store, settings: Settings):
         self.store = store
@@ -65,21 +78,36 @@ class Registry:
         return row
 
     def grace(self) -> None:
-        """At start: peers could not heartbeat while the coordinator was away, so renew their leases once,
-        for long enough that their back-off brings them back first."""
+        """At start: peers could not heartbeat while the coordinator was away. Those online before are
+        "rejoining" — not planned onto, not dialled — until they heartbeat or join again, which their
+        back-off brings within a lease plus --rejoin-grace-s; then they expire to offline as usual."""
         until = utcnow() + timedelta(seconds=self.settings.lease_s + self.settings.rejoin_grace_s)
         with self.store.session() as s:
-            for r in s.scalars(select(PeerRow).where(PeerRow.status == "online")):
-                r.lease_expires = max(r.lease_expires, until)
+            for r in s.scalars(select(PeerRow).where(PeerRow.status.in_(("online", "rejoining")))):
+                r.status, r.lease_expires = "rejoining", max(r.lease_expires, until)
 
     def expire(self) -> list[str]:
         """Mark peers whose lease ran out offline (never deleted); return their ids."""
         now = utcnow()
         with self.store.session() as s:
-            rows = list(s.scalars(select(PeerRow).where(PeerRow.status == "online", PeerRow.lease_expires < now)))
+            rows = list(s.scalars(select(PeerRow).where(PeerRow.status.in_(("online", "rejoining")),
+                                                        PeerRow.lease_expires < now)))
             for r in rows:
                 r.status = "offline"
             return [r.id for r in rows]
+
+    def extend_leases(self, seconds: float) -> None:
+        """Give live leases back the time the coordinator itself was stalled and could not renew them."""
+        with self.store.session() as s:
+            for r in s.scalars(select(PeerRow).where(PeerRow.status.in_(("online", "rejoining")))):
+                r.lease_expires = r.lease_expires + timedelta(seconds=seconds)
+
+    def mark_offline(self, peer_id: str) -> None:
+        """A peer failed a request: offline now, not at lease expiry (a live one is back at its next heartbeat)."""
+        with self.store.session() as s:
+            row = s.get(PeerRow, peer_id)
+            if row is not None:
+                row.status, row.lease_expires = "offline", utcnow()
 
     def addresses(self, exclude: str | None = None) -> dict[str, str]:
         return {p.id: p.data_addr for p in self.store.peers("online") if p.id != exclude}
@@ -93,7 +121,7 @@ class Registry:
         peers, rtt = [], {}
         for p in rows:
             peer = {"id": p.id, "lat": p.lat, "lon": p.lon, "free_vram_gb": p.free_vram_gb, "gpu": p.gpu,
-                    "measurements": p.measurements or []}
+                    "measurements": planning_measurements(p.measurements or [], p.stage)}
             for k in ("zone", "carbon_intensity", "pue", "bandwidth_mbps"):
                 if getattr(p, k) is not None:
                     peer[k] = getattr(p, k)

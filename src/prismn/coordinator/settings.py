@@ -21,5 +21,16 @@ class Settings:
     sweep_s: float = 1.0
     emulate_wan: bool = False  # delay every link by RTT/2 estimated from the peers' locations
     max_tokens_limit: int = 1024
+    max_queue: int = 64  # requests per deployment waiting for a session beyond what it holds; then 429
+    queue_timeout_s: float = 60.0  # longest wait in that queue before a 429
+    request_timeout_s: float = 600.0  # a generation running longer is stopped (504)
+    max_body_bytes: int = 1 << 20  # request bodies above this are refused (413) before they are parsed
+    # failures: a request waits this long for its deployment to be re-planned (or restored) and goes on
+    recovery_wait_s: float = 60.0
+    max_recoveries: int = 3  # failures one request survives
+    # a stage that misses 3x its predicted step time is probed and, if silent, routed around; the floors
+    # keep a busy 2-core CI box (decode steps up to ~0.3 s under load seen here) from false alarms
+    step_deadline_floor_s: float = 2.0
+    first_token_deadline_floor_s: float = 10.0
     default_max_tokens: int = 128
     public_url: str = "http://127.0.0.1:8000"

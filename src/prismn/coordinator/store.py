@@ -52,7 +52,7 @@ class PeerRow(Base):
     data_addr: Mapped[str] = mapped_column(String(256))
     measurements: Mapped[list] = mapped_column(JSON, default=list)
     rtt_ms: Mapped[dict] = mapped_column(JSON, default=dict)
-    status: Mapped[str] = mapped_column(String(16), default="online")  # online | offline
+    status: Mapped[str] = mapped_column(String(16), default="online")  # online | rejoining (after a restart) | offline
     stage: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # what the peer reports it serves
     joined_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     last_seen: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

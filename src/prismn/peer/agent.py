@@ -78,6 +78,7 @@ class PeerAgent:
         self.known_peers: dict[str, str] = {}
         self.rtt_ms: dict[str, float] = {}
         self.heartbeat_s = 5.0
+        self._rtt_task: asyncio.Task[None] | None = None
         self.joined = False
         self.stopping = asyncio.Event()
         self.joins = 0
@@ -113,7 +114,8 @@ class PeerAgent:
         from prismn.transport import TcpTransport
 
         transport = TcpTransport()
-        for pid, addr in list(self.known_peers.items())[:32]:
+
+        async def one(pid: str, addr: str) -> None:
             try:
                 c = await transport.connect(addr, timeout=2.0)
                 try:
@@ -125,6 +127,9 @@ class PeerAgent:
                     await c.close()
             except Exception:  # an unreachable peer simply gets no measurement
                 self.rtt_ms.pop(pid, None)
+
+        # all at once: one slow or busy peer must not hold up the others (or the heartbeat)
+        await asyncio.gather(*(one(pid, addr) for pid, addr in list(self.known_peers.items())[:32]))
 
     async def join(self) -> None:
         c = self.cfg
@@ -161,8 +166,9 @@ class PeerAgent:
                 if not self.joined:
                     await self.join()
                 else:
-                    if beats % 6 == 0:
-                        await self.measure_rtts()
+                    if beats % 6 == 0 and (self._rtt_task is None or self._rtt_task.done()):
+                        # in the background: the lease never waits for a peer that is slow to answer
+                        self._rtt_task = asyncio.get_running_loop().create_task(self.measure_rtts())
                     await self.heartbeat()
                     beats += 1
                 backoff = 0.5
@@ -175,6 +181,8 @@ class PeerAgent:
 
     async def aclose(self) -> None:
         self.stopping.set()
+        if self._rtt_task is not None:
+            self._rtt_task.cancel()
         await self.http.aclose()
 
 

@@ -246,8 +246,12 @@ class Checkpoint:
 
 def resolve_checkpoint(ref: str) -> Checkpoint:
     """A folder, a prepared model name (``smollm2-135m``) or its hub id, or a hub id (online only)."""
-    p = Path(ref).expanduser()
-    if p.is_dir():
+    try:
+        p = Path(ref).expanduser()
+        is_dir = p.is_dir()
+    except (OSError, ValueError, RuntimeError):  # too long, a NUL byte, an unknown ~user: not a folder
+        is_dir = False
+    if is_dir:
         return Checkpoint(p)
     key = ref.lower()
     for name, info in KNOWN_MODELS.items():

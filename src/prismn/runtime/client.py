@@ -6,8 +6,13 @@ The loop each token takes (the one DESIGN.md's cost model prices)::
 
 The client sends token ids (int32, 4 B each) to stage 1; every stage forwards its activations
 straight to the next one; the last stage applies the final norm and head, samples (temperature,
-top-p, seed) and sends only the token id back. Prefill is one step with the whole prompt. The
-client itself needs no torch (only to look at logits it asked for).
+top-p, seed) and sends only the token id back. A long prompt goes in chunks of ``prefill_chunk``
+tokens, so the stages can run other sessions' decode steps between them. The client itself needs
+no torch (only to look at logits it asked for).
+
+One client serves many generations at once: each is a :class:`GenerationSession` with its own id,
+KV cache on every stage, sampler, statistics and cancellation; the client only holds the shared
+connections and routes what comes back to the session it belongs to.
 """
 
 from __future__ import annotations
@@ -23,12 +28,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prismn.errors import PrismnError
+from prismn.protocol import StepItem, TokensFrame, dump, parse
 from prismn.transport import Connection, RttMatrix, TcpTransport, Transport, TransportError
 from prismn.wire import Frame, WireError, check_tensor, to_tensor
 
 
 class PipelineError(PrismnError):
     """The pipeline cannot be set up or a stage failed while generating."""
+
+
+class StageFailed(PipelineError):
+    """A peer of the pipeline failed mid-generation (its link broke, it reported a failure, or it stopped
+    answering within the step deadline): ``peer_id`` names it, so a caller can route around it."""
+
+    def __init__(self, message: str, peer_id: str):
+        super().__init__(message)
+        self.peer_id = peer_id
 
 
 @dataclass
@@ -48,7 +63,7 @@ class TokenEvent:
     index: int  # 0 for the first new token
     t: float  # seconds since the prefill was sent
     latency_s: float  # this step: from sending to stage 1 until the token came back
-    trace: list[Any] = field(default_factory=list)  # [[peer, compute seconds], ...] in path order
+    trace: list[Any] = field(default_factory=list)  # [[peer, share of compute s, batch], ...] in path order
     logits: Any = None  # float32 tensor [n, vocab] when asked for
     text: str = ""  # new text (set by Pipeline.generate when it has a tokenizer)
 
@@ -59,7 +74,8 @@ class GenerationStats:
     new_tokens: int = 0
     ttft_s: float = 0.0
     step_s: list[float] = field(default_factory=list)  # decode step latencies (after the first token)
-    compute_s: list[float] = field(default_factory=list)  # Σ stage compute per decode step
+    compute_s: list[float] = field(default_factory=list)  # Σ stage compute per decode step (this request's share)
+    batch_sizes: list[int] = field(default_factory=list)  # largest batch any stage ran each decode step in
     stop_reason: str = ""
     emulated: bool = False
 
@@ -82,13 +98,14 @@ class GenerationStats:
             "median_ms_per_token": statistics.median(self.step_s) * 1e3 if self.step_s else None,
             "compute_ms_per_token": statistics.fmean(self.compute_s) * 1e3 if self.compute_s else None,
             "tokens_per_s": self.tokens_per_s,
+            "mean_batch": statistics.fmean(self.batch_sizes) if self.batch_sizes else None,
             "stop_reason": self.stop_reason,
             "emulated": self.emulated,
         }
 
 
 class PipelineClient:
-    """Async client for a chain of stage servers (``hops`` in pipeline order)."""
+    """Async client for a chain of stage servers (``hops`` in pipeline order), shared by sessions."""
 
     def __init__(
         self,
@@ -98,6 +115,7 @@ class PipelineClient:
         rtt: RttMatrix | None = None,
         client_id: str = "client",
         timeout_s: float = 300.0,
+        prefill_chunk: int = 128,
     ):
         if not hops:
             raise PipelineError("a pipeline needs at least one stage: pass --peer NAME=HOST:PORT")
@@ -106,11 +124,19 @@ class PipelineClient:
         self.rtt = rtt
         self.client_id = client_id
         self.timeout_s = timeout_s
+        self.prefill_chunk = max(1, int(prefill_chunk))
         self.conns: list[Connection] = []
         self.infos: list[dict[str, Any]] = []
-        self._inbox: asyncio.Queue[tuple[int, Frame | None]] = asyncio.Queue()
+        self._inbox: asyncio.Queue[tuple[int, Frame | None]] = asyncio.Queue()  # frames of no session
+        self._sessions: dict[str, asyncio.Queue[tuple[int, str, Any, Any]]] = {}  # session id -> its inbox
         self._readers: list[asyncio.Task[None]] = []
-        self.last_stats = GenerationStats()
+        self._connect_lock = asyncio.Lock()
+        self._probes: dict[str, dict[int, asyncio.Future[None]]] = {}  # ping id -> stage -> its pong
+        self.retired = False  # set for good by retire(): a re-planned or stopped pipeline never re-dials
+        #: longest wait for one answer while every stage still answers pings (busy, not dead)
+        self.max_wait_s = max(timeout_s, 600.0)
+        #: deadline for the first token (prefill) and for each later one; a stage that misses it is probed
+        self.first_token_timeout_s = timeout_s
         if rtt is not None:  # every link of the loop must be in the matrix, fail early
             ids = [client_id] + [h.peer_id for h in self.hops] + [client_id]
             for a, b in zip(ids, ids[1:], strict=False):
@@ -120,19 +146,82 @@ class PipelineClient:
     def emulated(self) -> bool:
         return self.rtt is not None
 
+    @property
+    def sessions_open(self) -> int:
+        return len(self._sessions)
+
     # ------------------------------------------------------------------------------ plumbing
     async def _read(self, i: int, c: Connection) -> None:
+        """Route what stage i says: a session's frames to that session, the rest to the control inbox."""
         try:
             while True:
                 f = await c.recv()
-                await self._inbox.put((i, f))
                 if f is None:
-                    return
+                    break
+                if f.kind == "tokens":
+                    self._route_tokens(i, f)
+                    continue
+                if f.kind == "pong" and f.header.get("t") in self._probes:
+                    fut = self._probes[f.header["t"]].get(i)
+                    if fut is not None and not fut.done():
+                        fut.set_result(None)
+                    continue
+                sid = f.header.get("session")
+                q = self._sessions.get(sid) if isinstance(sid, str) else None
+                if q is not None:
+                    q.put_nowait((i, f.kind, f.header, None))
+                else:
+                    await self._inbox.put((i, f))
         except (WireError, ConnectionError, OSError):
-            await self._inbox.put((i, None))
+            pass
+        # the link is gone (the peer closed it or died): every session in flight learns it now, naming
+        # this peer, and so does a control wait; the connection counts as closed from here on
+        for q in list(self._sessions.values()):
+            q.put_nowait((i, "gone", None, None))
+        await self._inbox.put((i, None))
+        with contextlib.suppress(Exception):
+            await c.close()
+
+    def _route_tokens(self, i: int, f: Frame) -> None:
+        msg: TokensFrame = parse(TokensFrame, f.header)
+        logits = None
+        rows = sum(it.rows for it in msg.items)
+        if rows:
+            vocab = int(self.model_info.get("vocab_size") or 0)
+            dt, shape = check_tensor(f.header, f.payload, dtypes="float32", ndim=2, fixed={0: rows, -1: vocab})
+            logits = to_tensor(f.payload, dt, shape)
+        off = 0
+        for it in msg.items:
+            part = logits[off: off + it.rows] if (logits is not None and it.rows) else None
+            off += it.rows
+            q = self._sessions.get(it.session)
+            if q is not None:
+                q.put_nowait((i, "token", it, part))
 
     def _who(self, i: int) -> str:
         return f"peer {self.hops[i].peer_id} at {self.hops[i].address}"
+
+    def hop_for(self, ref: Any) -> int | None:
+        """The index of the hop a peer id or address names, if any."""
+        for i, h in enumerate(self.hops):
+            if ref in (h.peer_id, h.address):
+                return i
+        return None
+
+    async def probe(self, timeout_s: float = 1.0) -> list[int]:
+        """Ping every stage at once; the indices of those that do not answer within ``timeout_s``."""
+        pid = uuid.uuid4().hex
+        loop = asyncio.get_running_loop()
+        futs = {i: loop.create_future() for i in range(len(self.conns))}
+        self._probes[pid] = futs
+        try:
+            for c in self.conns:
+                with contextlib.suppress(ConnectionError, OSError):
+                    await c.send({"kind": "ping", "t": pid})
+            await asyncio.wait(list(futs.values()), timeout=timeout_s)
+            return [i for i, f in futs.items() if not f.done()]
+        finally:
+            del self._probes[pid]
 
     async def _send(self, i: int, header: dict[str, Any], payload: Any = b"") -> None:
         try:
@@ -140,8 +229,8 @@ class PipelineClient:
         except (ConnectionError, OSError) as e:
             raise PipelineError(f"{self._who(i)}: the link dropped ({e}); check that peer's log") from None
 
-    async def _collect(self, kinds: set[str], pending: set[int], sid: str | None, timeout: float | None = None,
-                       step: int | None = None) -> dict[int, Frame]:
+    async def _collect(self, kinds: set[str], pending: set[int], timeout: float | None = None) -> dict[int, Frame]:
+        """Control replies (info, loaded) from the stages in ``pending``."""
         out: dict[int, Frame] = {}
         deadline = time.monotonic() + (self.timeout_s if timeout is None else timeout)
         pending = set(pending)
@@ -151,56 +240,67 @@ class PipelineClient:
                 i, f = await asyncio.wait_for(self._inbox.get(), max(0.0, remaining))
             except TimeoutError:
                 who = ", ".join(self._who(i) for i in sorted(pending))
-                raise PipelineError(f"no answer from {who} within {self.timeout_s:.0f} s: is it overloaded or stuck?") from None
+                limit = self.timeout_s if timeout is None else timeout
+                raise StageFailed(f"no answer from {who} within {limit:.0f} s: is it overloaded or stuck?",
+                                  self.hops[min(pending)].peer_id) from None
             if f is None:
                 raise PipelineError(f"{self._who(i)} closed the connection: check that peer's log")
-            h = f.header
-            if f.kind == "error" and h.get("session") in (sid, None):
-                raise PipelineError(f"{self._who(i)}: {h.get('message', 'error')}")
-            if f.kind in kinds and i in pending and (sid is None or h.get("session") == sid) \
-                    and (step is None or h.get("step") == step):
+            if f.kind == "error" and f.header.get("session") is None:
+                raise PipelineError(f"{self._who(i)}: {f.header.get('message', 'error')}")
+            if f.kind in kinds and i in pending:
                 out[i] = f
                 pending.discard(i)
         return out
 
     # ------------------------------------------------------------------------------ setup
     async def connect(self) -> list[dict[str, Any]]:
-        """Connect to every stage, read its info, check the chain is one whole model in order."""
-        if self.conns:
+        """Connect to every stage, read its info; reconnect when a link has dropped since."""
+        async with self._connect_lock:
+            if self.retired:
+                raise StageFailed("this pipeline was retired (re-planned or stopped)", "")
+            if self.conns and not any(c.closed for c in self.conns):
+                return self.infos
+            if self.conns:
+                await self.aclose()
+            try:
+                for i, hop in enumerate(self.hops):
+                    try:
+                        c = await self.transport.connect(hop.address)
+                    except TransportError as e:
+                        raise StageFailed(f"{self._who(i)}: {e}", hop.peer_id) from None
+                    if self.rtt is not None:
+                        c.set_delay(self.rtt.one_way_s(self.client_id, hop.peer_id))
+                    self.conns.append(c)
+                    self._readers.append(asyncio.get_running_loop().create_task(self._read(i, c)))
+                await self.refresh_info()
+            except BaseException:  # all or nothing: a half-connected pipeline would pass for a connected one
+                await self.aclose()
+                raise
             return self.infos
-        try:
-            for i, hop in enumerate(self.hops):
-                c = await self.transport.connect(hop.address)
-                if self.rtt is not None:
-                    c.set_delay(self.rtt.one_way_s(self.client_id, hop.peer_id))
-                self.conns.append(c)
-                self._readers.append(asyncio.get_running_loop().create_task(self._read(i, c)))
-            await self.refresh_info()
-        except BaseException:  # all or nothing: a half-connected pipeline would pass for a connected one
-            await self.aclose()
-            raise
-        return self.infos
 
     async def refresh_info(self) -> list[dict[str, Any]]:
         await asyncio.gather(*(c.send({"kind": "info"}) for c in self.conns))
-        got = await self._collect({"info"}, set(range(len(self.hops))), None, timeout=60)
+        got = await self._collect({"info"}, set(range(len(self.hops))), timeout=10)
         self.infos = [got[i].header for i in range(len(self.hops))]
         return self.infos
 
     async def load(self, checkpoint: str, *, dtype: str | None = None, device: str | None = None,
-                   bench: bool = False, name: str | None = None, token: str | None = None) -> list[dict[str, Any]]:
+                   bench: bool = False, name: str | None = None, token: str | None = None,
+                   deployment: str | None = None) -> list[dict[str, Any]]:
         """Ask bare stage servers to load the plan's layers of ``checkpoint`` (a path on each peer);
-        ``name`` is the model as callers name it, which the stages put on their measurements."""
+        ``name`` is the model as callers name it, which the stages put on their measurements;
+        ``deployment`` tags the stage, so that only that deployment's unload can drop it."""
         for hop in self.hops:
             if hop.layers is None:
                 raise PipelineError(f"peer {hop.peer_id} has no layer range to load: give one in the plan")
         await asyncio.gather(*(
             c.send({"kind": "load", "checkpoint": checkpoint, "layers": list(hop.layers or ()),
                     "embedding": hop.embedding, "head": hop.head, "dtype": dtype, "device": device, "bench": bench,
-                    **({"model": name} if name else {}), **({"token": token} if token else {})})
+                    **({"model": name} if name else {}), **({"token": token} if token else {}),
+                    **({"deployment": deployment} if deployment else {})})
             for c, hop in zip(self.conns, self.hops, strict=True)
         ))
-        await self._collect({"loaded"}, set(range(len(self.hops))), None, timeout=max(self.timeout_s, 600))
+        await self._collect({"loaded"}, set(range(len(self.hops))), timeout=max(self.timeout_s, 600))
         return await self.refresh_info()
 
     def check_chain(self) -> None:
@@ -235,105 +335,212 @@ class PipelineClient:
     def model_info(self) -> dict[str, Any]:
         return dict(self.infos[0]["stage"]) if self.infos and self.infos[0].get("stage") else {}
 
+    @property
+    def context_limit(self) -> tuple[int, str]:
+        """(most tokens a session may hold, what sets that bound): the model's positions or a stage's
+        session context, whichever is smaller."""
+        best: tuple[int, str] = (0, "unknown")
+        for i, info in enumerate(self.infos):
+            st, ss = info.get("stage") or {}, info.get("sessions") or {}
+            for n, why in ((st.get("max_positions"), "the model's context"),
+                           (ss.get("max_context"), f"the session context of {self._who(i)} (its --max-context)")):
+                if isinstance(n, int) and n > 0 and (best[0] == 0 or n < best[0]):
+                    best = (n, why)
+        return best
+
+    @property
+    def max_sessions(self) -> int:
+        """Sessions every stage can hold at once (the smallest stage's limit)."""
+        caps = [int((info.get("sessions") or {}).get("max") or 0) for info in self.infos]
+        return min((c for c in caps if c > 0), default=1)
+
     # ------------------------------------------------------------------------------ generation
-    async def agenerate(
-        self,
-        prompt_ids: Sequence[int],
-        *,
-        max_new_tokens: int = 64,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        seed: int = 0,
-        stop_token_ids: Sequence[int] = (),
-        return_logits: bool | str = False,
-    ) -> AsyncIterator[TokenEvent]:
-        """Stream new tokens. ``return_logits="all"`` also returns the prefill's logits for every position."""
-        if not self.conns:
-            await self.connect()
-        self.check_chain()
+    def session(self, **options: Any) -> GenerationSession:
+        """A new generation with its own caches on every stage (see :class:`GenerationSession`)."""
+        return GenerationSession(self, **options)
+
+    async def agenerate(self, prompt_ids: Sequence[int], **options: Any) -> AsyncIterator[TokenEvent]:
+        """Stream new tokens of one generation (a convenience over :meth:`session`)."""
+        async for ev in self.session(**options).stream(prompt_ids):
+            yield ev
+
+    async def retire(self, reason: str = "the pipeline was retired (re-planned or stopped)") -> None:
+        """Close for good: sessions in flight are told, and no later generation reconnects."""
+        self.retired = True
+        await self.aclose(reason)
+
+    async def aclose(self, reason: str = "the pipeline was closed") -> None:
+        # readers first: a link closed here must not be reported to sessions as a peer that failed;
+        # sessions still in flight learn that their pipeline is gone (their caller may re-route them)
+        for t in self._readers:
+            t.cancel()
+        await asyncio.gather(*self._readers, return_exceptions=True)
+        for q in list(self._sessions.values()):
+            q.put_nowait((-1, "reset", reason, None))
+        for c in self.conns:
+            with contextlib.suppress(Exception):
+                await c.close()
+        self.conns, self._readers = [], []
+        self._inbox = asyncio.Queue()  # nothing from the old connections may answer a new request
+
+
+class GenerationSession:
+    """One request's generation: its id, its KV cache on every stage, its sampler and statistics.
+
+    ``stream(prompt_ids)`` yields :class:`TokenEvent` s; leaving the iteration early (a client that went
+    away, a stop string, cancellation) closes the session on every stage at once.
+    """
+
+    def __init__(self, client: PipelineClient, *, max_new_tokens: int = 64, temperature: float = 0.0,
+                 top_p: float = 1.0, seed: int = 0, stop_token_ids: Sequence[int] = (),
+                 return_logits: bool | str = False):
+        if max_new_tokens < 1:
+            raise PipelineError("max_new_tokens must be at least 1")
+        self.client = client
+        self.id = uuid.uuid4().hex
+        self.max_new_tokens = int(max_new_tokens)
+        self.sampling = {"temperature": float(temperature), "top_p": float(top_p), "seed": int(seed)}
+        self.stops = {int(t) for t in stop_token_ids}
+        self.return_logits = return_logits
+        self.stats = GenerationStats(emulated=client.emulated)
+        self.inbox: asyncio.Queue[tuple[int, str, Any, Any]] = asyncio.Queue()
+
+    async def _next(self, want: str, step: int | None, pending: set[int] | None = None,
+                    timeout_s: float | None = None) -> tuple[int, Any, Any]:
+        c = self.client
+        limit = c.timeout_s if timeout_s is None else timeout_s
+        started = time.monotonic()
+        deadline = started + limit
+        while True:
+            try:
+                i, kind, msg, extra = await asyncio.wait_for(self.inbox.get(), max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                silent = await c.probe()  # who is stuck? the stage that does not even answer a ping
+                if silent:
+                    raise StageFailed(f"{c._who(silent[0])} did not answer within {limit:.1f} s (nor a ping): "
+                                      "it is stuck or gone", c.hops[silent[0]].peer_id) from None
+                if time.monotonic() - started > c.max_wait_s:
+                    who = ", ".join(c._who(i) for i in sorted(pending or {len(c.hops) - 1}))
+                    raise PipelineError(f"no answer from {who} within {c.max_wait_s:.0f} s although every stage "
+                                        "answers pings: is it overloaded?") from None
+                deadline = time.monotonic() + limit  # every stage is alive, only busy (a queue of prompts): wait on
+                continue
+            if kind == "gone":
+                raise StageFailed(f"{c._who(i)} closed the connection: check that peer's log", c.hops[i].peer_id)
+            if kind == "reset":
+                raise StageFailed(str(msg), "")
+            if kind == "error":
+                text = f"{c._who(i)}: {msg.get('message', 'error')}"
+                failed = c.hop_for(msg.get("failed")) if msg.get("failed") else None
+                if failed is not None:
+                    raise StageFailed(text, c.hops[failed].peer_id)
+                raise PipelineError(text)
+            if kind == want and (step is None or msg.step == step) and (pending is None or i in pending):
+                return i, msg, extra
+
+    async def _open(self) -> None:
+        c = self.client
+        k = len(c.hops)
+        ctx = self.prompt_len + self.max_new_tokens
+        headers = []
+        for i, hop in enumerate(c.hops):
+            h: dict[str, Any] = {"kind": "open", "session": self.id, "max_context": ctx}
+            if i < k - 1:
+                h["next"] = c.hops[i + 1].address
+                h["next_dtype"] = c.infos[i + 1]["stage"]["dtype"]
+            else:
+                h["sampling"] = self.sampling
+                h["return_logits"] = self.return_logits
+            if c.rtt is not None:
+                h["emulate"] = {"self": hop.peer_id, "client": c.client_id, "rtt_ms": c.rtt.to_json(),
+                                "next": c.hops[i + 1].peer_id if i < k - 1 else c.client_id}
+            headers.append(h)
+        await asyncio.gather(*(c._send(i, h) for i, h in enumerate(headers)))  # every stage at once
+        pending = set(range(k))
+        while pending:
+            i, _, _ = await self._next("opened", None, pending)
+            pending.discard(i)
+
+    async def _send_ids(self, ids: list[int], step: int, pos: int, sample: bool) -> None:
+        item = StepItem(session=self.id, step=step, pos=pos, n=len(ids), sample=sample)
+        buf = array.array("i", ids)
+        await self.client._send(0, {"kind": "step", "items": [dump(item)], "dtype": "int32", "shape": [len(ids)]},
+                                memoryview(buf).cast("B"))
+
+    async def stream(self, prompt_ids: Sequence[int]) -> AsyncIterator[TokenEvent]:
+        c = self.client
+        await c.connect()
+        c.check_chain()
         ids = [int(t) for t in prompt_ids]
         if not ids:
             raise PipelineError("the prompt is empty: give at least one token")
-        if max_new_tokens < 1:
-            raise PipelineError("max_new_tokens must be at least 1")
-        vocab = int(self.model_info["vocab_size"])
+        vocab = int(c.model_info["vocab_size"])
         if min(ids) < 0 or max(ids) >= vocab:
             raise PipelineError(f"prompt token ids must be in [0, {vocab}): is the tokenizer for this model?")
-        k = len(self.hops)
-        sid = uuid.uuid4().hex
-        ctx = len(ids) + max_new_tokens
-        stats = self.last_stats = GenerationStats(prompt_tokens=len(ids), emulated=self.emulated)
-        stops = {int(t) for t in stop_token_ids}
+        self.prompt_len = len(ids)
+        stats = self.stats
+        stats.prompt_tokens = len(ids)
+        k = len(c.hops)
+        c._sessions[self.id] = self.inbox
         failed = False
         try:
-            for i, hop in enumerate(self.hops):
-                h: dict[str, Any] = {"kind": "open", "session": sid, "max_context": ctx}
-                if i < k - 1:
-                    h["next"] = self.hops[i + 1].address
-                    h["next_dtype"] = self.infos[i + 1]["stage"]["dtype"]
-                else:
-                    h["sampling"] = {"temperature": float(temperature), "top_p": float(top_p), "seed": int(seed)}
-                    h["return_logits"] = return_logits
-                if self.rtt is not None:
-                    h["emulate"] = {"self": hop.peer_id, "client": self.client_id, "rtt_ms": self.rtt.to_json(),
-                                    "next": self.hops[i + 1].peer_id if i < k - 1 else self.client_id}
-                await self._send(i, h)
-            await self._collect({"opened"}, set(range(k)), sid)
+            await self._open()
             t_start = time.perf_counter()
-            x = ids
-            pos = 0
-            for step in range(max_new_tokens):
-                t_sent = time.perf_counter()
-                buf = array.array("i", x)
-                await self._send(0, {"kind": "step", "session": sid, "step": step, "pos": pos, "dtype": "int32",
-                                     "shape": [len(x)]}, memoryview(buf).cast("B"))
-                got = await self._collect({"token"}, {k - 1}, sid, step=step)
-                f = got[k - 1]
+            # the prompt in chunks: only the last one asks for a token back
+            chunk = len(ids) if self.return_logits == "all" else c.prefill_chunk
+            step = pos = 0
+            for a in range(0, len(ids), chunk):
+                part = ids[a: a + chunk]
+                await self._send_ids(part, step, pos, sample=a + chunk >= len(ids))
+                step, pos = step + 1, pos + len(part)
+            t_sent = t_start
+            for n in range(self.max_new_tokens):
+                _, item, logits = await self._next("token", step - 1, {k - 1},
+                                                   c.first_token_timeout_s if n == 0 else c.timeout_s)
                 now = time.perf_counter()
-                tok = f.header.get("token")
-                if not isinstance(tok, int) or not 0 <= tok < vocab:
-                    raise PipelineError(f"{self._who(k - 1)} sent an invalid token {tok!r}")
-                logits = None
-                if f.payload:
-                    dt, shape = check_tensor(f.header, f.payload, dtypes="float32", ndim=2, fixed={-1: vocab})
-                    logits = to_tensor(f.payload, dt, shape)
-                trace = f.header.get("trace") if isinstance(f.header.get("trace"), list) else []
-                pos += len(x)
-                if step == 0:
+                tok = item.token
+                if not 0 <= tok < vocab:
+                    raise PipelineError(f"{c._who(k - 1)} sent an invalid token {tok!r}")
+                if n == 0:
                     stats.ttft_s = now - t_start
                 else:
                     stats.step_s.append(now - t_sent)
-                    with contextlib.suppress(TypeError, ValueError, IndexError):
-                        stats.compute_s.append(sum(float(e[1]) for e in trace))
+                    stats.compute_s.append(sum(e[1] for e in item.trace))
+                    stats.batch_sizes.append(max((e[2] for e in item.trace), default=1))
                 stats.new_tokens += 1
-                yield TokenEvent(tok, step, now - t_start, now - t_sent, trace, logits)
-                if tok in stops:
+                yield TokenEvent(tok, n, now - t_start, now - t_sent, [list(e) for e in item.trace], logits)
+                if tok in self.stops:
                     stats.stop_reason = "stop_token"
                     break
-                x = [tok]
+                if n + 1 < self.max_new_tokens:
+                    t_sent = time.perf_counter()
+                    await self._send_ids([tok], step, pos, sample=True)
+                    step, pos = step + 1, pos + 1
             else:
                 stats.stop_reason = "length"
-        except Exception:
+        except BaseException:
             failed = True
             raise
         finally:
             if not stats.stop_reason:
                 stats.stop_reason = "failed" if failed else "stopped"
-            for c in self.conns:
-                if not c.closed:
-                    with contextlib.suppress(ConnectionError, OSError):
-                        await c.send({"kind": "close", "session": sid})
-            if failed:  # a broken or stuck link: start over, so the next generation reconnects and re-checks
-                await self.aclose()
+            c._sessions.pop(self.id, None)
+            # shielded: a cancelled request (client gone) must still free its caches on every stage
+            await asyncio.shield(self.close())
+            if failed and any(conn.closed for conn in c.conns):
+                # a broken link: the next generation reconnects and re-checks the chain
+                with contextlib.suppress(Exception):
+                    await c.aclose()
 
-    async def aclose(self) -> None:
-        for c in self.conns:
-            with contextlib.suppress(Exception):
-                await c.close()
-        for t in self._readers:
-            t.cancel()
-        self.conns, self._readers = [], []
-        self._inbox = asyncio.Queue()  # nothing from the old connections may answer a new session
+    async def close(self) -> None:
+        """Free this session's caches on every stage at once (no reply awaited)."""
+        c = self.client
+        await asyncio.gather(*(self._close_on(conn) for conn in c.conns), return_exceptions=True)
+
+    async def _close_on(self, conn: Connection) -> None:
+        if not conn.closed:
+            with contextlib.suppress(ConnectionError, OSError):
+                await conn.send({"kind": "close", "session": self.id})
 
 
 class Pipeline:
@@ -344,6 +551,7 @@ class Pipeline:
         self.loop = asyncio.new_event_loop()
         self.tokenizer = tokenizer
         self.client = PipelineClient(hops, rtt=rtt, timeout_s=timeout_s, transport=transport)
+        self._stats = GenerationStats()
         try:
             self.infos = self._run(self.client.connect())
         except BaseException:
@@ -359,20 +567,18 @@ class Pipeline:
 
     @property
     def stats(self) -> GenerationStats:
-        return self.client.last_stats
+        """The statistics of the last generation."""
+        return self._stats
 
     def encode(self, prompt: str | Sequence[int], chat: bool = False) -> list[int]:
         if not isinstance(prompt, str):
             return [int(t) for t in prompt]
         if self.tokenizer is None:
             raise PipelineError("a text prompt needs a tokenizer: pass --tokenizer DIR or prompt token ids")
-        if chat:
-            out = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
-                                                     add_generation_prompt=True, tokenize=True)
-            if isinstance(out, dict) or hasattr(out, "keys"):
-                out = out["input_ids"]
-            return [int(t) for t in out]
-        return [int(t) for t in self.tokenizer.encode(prompt)]
+        from prismn.text import prompt_ids
+
+        return prompt_ids(self.tokenizer, messages=[{"role": "user", "content": prompt}]) if chat \
+            else prompt_ids(self.tokenizer, prompt)
 
     def generate(
         self,
@@ -386,37 +592,38 @@ class Pipeline:
         chat: bool = False,
         return_logits: bool | str = False,
     ) -> Iterator[TokenEvent]:
-        """Stream TokenEvents; ``stop`` mixes token ids and strings (text stops need a tokenizer)."""
+        """Stream TokenEvents; ``stop`` mixes token ids and strings (text stops need a tokenizer);
+        with a tokenizer each event's ``text`` is the text that became final with it."""
         ids = self.encode(prompt, chat)
         stop = list(stop or [])
         stop_ids = [s for s in stop if isinstance(s, int)]
         stop_strs = [s for s in stop if isinstance(s, str) and s]
         if stop_strs and self.tokenizer is None:
             raise PipelineError("stop strings need a tokenizer: pass token ids instead")
-        agen = self.client.agenerate(ids, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                                     seed=seed, stop_token_ids=stop_ids, return_logits=return_logits)
-        new: list[int] = []
-        shown = ""
+        text = None
+        if self.tokenizer is not None:
+            from prismn.text import TextStream
+
+            text = TextStream(self.tokenizer, stop_strs)
+        sess = self.client.session(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                                   seed=seed, stop_token_ids=stop_ids, return_logits=return_logits)
+        self._stats = sess.stats
+        agen = sess.stream(ids)
         try:
             while True:
                 try:
                     ev = self._run(agen.__anext__())
                 except StopAsyncIteration:
-                    return
-                new.append(ev.token)
-                if self.tokenizer is not None:
-                    text = self.tokenizer.decode(new, skip_special_tokens=True)
-                    hit = next((s for s in stop_strs if s in text), None)
-                    if hit is not None:
-                        text = text[: text.index(hit)]
-                    if not text.endswith("\ufffd"):
-                        ev.text, shown = text[len(shown):], text
-                    yield ev
-                    if hit is not None:
-                        self.client.last_stats.stop_reason = "stop_string"
+                    break
+                if text is not None:
+                    ev.text = text.push(ev.token)
+                    if text.finish_reason == "stop":  # a stop string (ids are handled by the session)
+                        yield ev
+                        sess.stats.stop_reason = "stop_string"
                         return
-                else:
-                    yield ev
+                yield ev
+            if text is not None and (tail := text.finish()):
+                yield TokenEvent(-1, -1, 0.0, 0.0, text=tail)  # held-back text, no new token
         finally:
             self._run(agen.aclose())
 
@@ -455,5 +662,5 @@ def hops_from_plan(plan: dict[str, Any], peers: dict[str, str]) -> list[Hop]:
     return hops
 
 
-__all__ = ["GenerationStats", "Hop", "Pipeline", "PipelineClient", "PipelineError", "TokenEvent",
-           "TransportError", "hops_from_plan"]
+__all__ = ["GenerationSession", "GenerationStats", "Hop", "Pipeline", "PipelineClient", "PipelineError", "StageFailed",
+           "TokenEvent", "TransportError", "hops_from_plan"]

@@ -6,13 +6,20 @@ Protocol (frames of :mod:`prismn.wire`; every reply goes back on the connection 
 ``info``   → ``info`` {stage, measurement, sessions, stats}
 ``ping``   → ``pong``
 ``load``   {checkpoint, layers, embedding?, head?, dtype?, device?} → ``loaded`` (bare servers only)
+``unload`` {model?, deployment?} → ``unloaded``: drops the stage and its sessions if it is still the one
+           loaded for that model and deployment (bare servers only, load token)
 ``open``   {session, next?, next_dtype?, max_context, sampling?, return_logits?, emulate?} → ``opened``;
            the connection it came on becomes the session's *client* connection: the last stage
            sends its tokens there, and any stage sends the session's errors there.
-``step``   {session, step, pos, dtype, shape} + tensor. The first stage takes token ids (int32/int64,
-           shape [n]); the others take hidden states (the stage's dtype, [1, n, hidden]). A non-last
-           stage forwards ``step`` to the next stage; the last one samples and sends
-           ``token`` {session, step, token, pos, trace} (+ float32 logits if asked) to the client.
+``step``   {items: [{session, step, pos, n, sample, trace}], dtype, shape} + one tensor whose first
+           axis concatenates the items' tokens (:mod:`prismn.protocol`): token ids [T] to the first
+           stage, hidden states [T, hidden] to the others. Items queue on their sessions; a scheduler
+           runs the decode tokens of every ready session as ONE forward pass (continuous batching)
+           and prompt chunks one at a time between those batches. A non-last stage forwards the
+           batch's items as one ``step`` frame; the last one samples each session's token and sends
+           ``tokens`` {items: [{session, step, token, pos, rows, trace}]} (+ float32 logits if asked)
+           to each client connection. A trace entry is [peer, this item's share of the pass's
+           compute seconds, batch size], so receipts charge each request its share.
 ``close``  {session} → ``closed``; frees the session's KV cache.
 ``bench``  → ``bench`` {measurement}: re-run the self-benchmark now.
 
@@ -26,6 +33,7 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
+import dataclasses
 import hmac
 import logging
 import os
@@ -33,6 +41,7 @@ import statistics
 import time
 from typing import Any
 
+from prismn.protocol import StepFrame, StepItem, TokenItem, dump, parse
 from prismn.runtime import RuntimeStageError
 from prismn.runtime.sessions import Session, SessionError, SessionLimits, SessionStore
 from prismn.transport import Connection, RttMatrix, TcpTransport, Transport, TransportError
@@ -49,8 +58,15 @@ from prismn.wire import (
 
 log = logging.getLogger("prismn.stage")
 
-PROTOCOL_VERSION = 1
-MAX_TRACE = 64
+PROTOCOL_VERSION = 2  # 2: steps carry a batch of sessions' items (prismn.protocol)
+
+
+def _dtype_name(d: str) -> str | None:
+    """A load request's dtype as the stage names it (float32, ...), None when unknown."""
+    try:
+        return canonical_dtype(d)
+    except WireError:
+        return None
 
 
 def _req(h: dict[str, Any], key: str, typ: type | tuple[type, ...], what: str) -> Any:
@@ -92,20 +108,29 @@ class StageServer:
         self.address = ""
         self._next_pool: dict[tuple[str, float], Connection] = {}
         self._pool_lock = asyncio.Lock()
-        self._compute_lock = asyncio.Lock()
+        self._wake = asyncio.Event()  # set when a session has work queued
+        self._last_kind = "decode"
+        #: most sessions' decode steps one forward pass takes (continuous batching)
+        self.max_batch = limits.max_sessions
+        self.batch_sizes: dict[int, int] = {}  # forward passes by batch size
+        #: longest a first-stage decode batch waits for sessions still in the loop (see _gather); 0: never
+        self.gather_max_s = 0.25
+        self._last_pass_s = 0.0
         self._decode_s: collections.deque[float] = collections.deque(maxlen=256)
         self.served_name: str | None = None  # the model as the coordinator calls it (load's "model")
+        self.served_deployment: str | None = None  # the deployment the stage was loaded for (load's "deployment")
         #: steps of at most this many tokens run inline on the event loop (lowest per-hop overhead)
         self.inline_max_tokens = 16
         self._tasks: set[asyncio.Task[Any]] = set()
         self._conns: set[Connection] = set()
-        self.stats = {"steps": 0, "rejected_frames": 0, "errors": 0, "connections": 0}
+        self.stats = {"steps": 0, "batched_items": 0, "rejected_frames": 0, "errors": 0, "connections": 0}
 
     # ------------------------------------------------------------------------------ lifecycle
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         self.listener = await self.transport.listen(host, port, self.handle)
         self.address = self.listener.address
         self._spawn(self._expiry_loop())
+        self._spawn(self._scheduler())
         return self.address
 
     async def stop(self) -> None:
@@ -157,27 +182,33 @@ class StageServer:
                 "freed": self.sessions.freed_total,
             },
             "stats": dict(self.stats),
+            "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())},
             "accepts_load": self.allow_load,
             "load_needs_token": self.load_token is not None,
         }
 
     def observed(self) -> dict[str, Any] | None:
-        """A measurement dict from the decode steps this stage really served (median of the last 256):
-        the whole step (wire bytes to tensor, layers, head and sampling) spread over the layers, with
-        the self-benchmark's head/embedding share taken out when there is one."""
+        """A measurement from the decode steps this stage really served alone (median of the last 256):
+        the whole step (wire bytes to tensor, layers, head and sampling). With a self-benchmark, its
+        per-layer time stays the layers' share and the rest of the step becomes ``s_step_fixed`` (the
+        per-stage cost that does not grow with layers); without one, the step is spread over the layers."""
         if self.stage is None or len(self._decode_s) < 4:
             return None
         st = self.stage
         step = statistics.median(self._decode_s)
         m = self.measurement or {}
         extra = (m.get("s_head", 0.0) if st.last else 0.0) + (m.get("s_embed", 0.0) if st.first else 0.0)
-        per_layer = max(step - extra, step * 0.5) / st.n_layers
+        if m.get("s_per_layer"):
+            per_layer = float(m["s_per_layer"])
+            fixed = max(0.0, step - extra - st.n_layers * per_layer)
+        else:
+            per_layer, fixed = max(step - extra, step * 0.5) / st.n_layers, 0.0
         out = dict(m) if m else {"model": st.model_name, "dtype": {"float32": "fp32", "bfloat16": "bf16",
                                                                      "float16": "fp16"}[st.dtype_name],
                                  "device": "cuda" if st.device.startswith("cuda") else st.device,
                                  "s_head": 0.0, "s_embed": 0.0}
-        out.update(s_per_layer=per_layer, s_step=step, steps=len(self._decode_s),
-                   source=f"observed: median of {len(self._decode_s)} decode steps served")
+        out.update(s_per_layer=per_layer, s_step_fixed=fixed, s_step=step, steps=len(self._decode_s),
+                   layers=st.n_layers, source=f"observed: median of {len(self._decode_s)} decode steps served")
         if self.served_name:
             out["model"] = self.served_name
         return out
@@ -209,20 +240,28 @@ class StageServer:
     async def _reject(self, conn: Connection, reason: str, frame: Frame | None) -> None:
         self.stats["rejected_frames"] += 1
         log.warning("closing connection from %s: %s", conn.remote, reason)
-        if frame is not None:
-            s = self.sessions.peek(frame.header.get("session"))
-            if s is not None and s.attrs.get("client") is not conn:
-                await self._fail_session(s, f"a malformed frame reached stage {self.peer_id}: {reason}")
+        if frame is not None:  # the sessions it named cannot go on: their step is lost
+            items = frame.header.get("items")
+            named = [it.get("session") for it in items if isinstance(it, dict)] if isinstance(items, list) else []
+            for sid in [frame.header.get("session"), *named[:1024]]:
+                s = self.sessions.peek(sid)
+                if s is not None and s.attrs.get("client") is not conn:
+                    await self._fail_session(s, f"a malformed frame reached stage {self.peer_id}: {reason}")
         await conn.close()
 
-    async def _fail_session(self, s: Session, message: str) -> None:
+    async def _fail_session(self, s: Session, message: str, failed: str | None = None) -> None:
+        """End a session with an error to its client; ``failed`` names the peer (id or address) whose
+        failure ended it, when that is not this stage's own doing, so the client can route around it."""
         self.stats["errors"] += 1
         self.sessions.close(s.id)
         client = s.attrs.get("client")
         log.warning("session %s failed: %s", s.id, message)
         if client is not None and not client.closed:
+            hdr = {"kind": "error", "session": s.id, "peer": self.peer_id, "message": message}
+            if failed:
+                hdr["failed"] = failed
             with contextlib.suppress(ConnectionError, OSError):
-                await client.send({"kind": "error", "session": s.id, "peer": self.peer_id, "message": message})
+                await client.send(hdr)
 
     async def _error(self, conn: Connection, sid: Any, message: str) -> None:
         self.stats["errors"] += 1
@@ -247,6 +286,8 @@ class StageServer:
             await conn.send({"kind": "closed", "session": sid if isinstance(sid, str) else None})
         elif kind == "load":
             await self.on_load(conn, h)
+        elif kind == "unload":
+            await self.on_unload(conn, h)
         elif kind == "bench":
             await self.on_bench(conn)
         elif kind in ("error", "pong", "closed"):
@@ -255,16 +296,41 @@ class StageServer:
             raise WireError(f"unknown frame kind {kind!r}")
 
     # ------------------------------------------------------------------------------ load
-    async def on_load(self, conn: Connection, h: dict[str, Any]) -> None:
+    async def _may_load(self, conn: Connection, h: dict[str, Any], what: str) -> bool:
+        """Loading and unloading change what this machine holds: bare servers only, with the load token."""
         if not self.allow_load:
-            await self._error(conn, None, "this stage was started with --checkpoint and takes no load requests: "
+            await self._error(conn, None, f"this stage was started with --checkpoint and takes no {what} requests: "
                                           "start a bare `prismn stage serve` to load stages remotely")
-            return
+            return False
         if self.load_token is not None and not hmac.compare_digest(
                 str(h.get("token") or "").encode(), self.load_token.encode()):
-            log.warning("refused a load request from %s: wrong or missing load token", getattr(conn, "remote", "?"))
-            await self._error(conn, None, "load refused: wrong or missing load token (a peer takes its coordinator's "
-                                          "join token; a bare stage its --load-token)")
+            log.warning("refused a %s request from %s: wrong or missing load token", what,
+                        getattr(conn, "remote", "?"))
+            await self._error(conn, None, f"{what} refused: wrong or missing load token (a peer takes its "
+                                          "coordinator's join token; a bare stage its --load-token)")
+            return False
+        return True
+
+    async def on_unload(self, conn: Connection, h: dict[str, Any]) -> None:
+        """Drop the stage (its sessions and weights) when the deployment it served moved or stopped;
+        ``model`` must name what is loaded, so a late unload never drops a newer stage."""
+        if not await self._may_load(conn, h, "unload"):
+            return
+        name, dep = h.get("model"), h.get("deployment")
+        if self.stage is not None and (name is None or name == self.served_name) \
+                and (dep is None or dep == self.served_deployment):
+            freed = self.sessions.close_all()
+            log.info("unloaded layers %d:%d of %s (%d session(s) freed)", self.stage.start, self.stage.end,
+                     self.stage.model_name, len(freed))
+            self.stage, self.measurement, self.served_name, self.served_deployment = None, None, None, None
+            self._decode_s.clear()
+            import gc
+
+            gc.collect()  # the weights' memory goes back now, not at some later collection
+        await conn.send({**self.info(), "kind": "unloaded"})
+
+    async def on_load(self, conn: Connection, h: dict[str, Any]) -> None:
+        if not await self._may_load(conn, h, "load"):
             return
         ckpt_ref = _req(h, "checkpoint", str, "a checkpoint folder or model name")
         layers = h.get("layers")
@@ -274,9 +340,22 @@ class StageServer:
         device = h.get("device") or self.default_device
         bench = bool(h.get("bench", self.bench))
         emb, head = h.get("embedding"), h.get("head")
-        name = h.get("model")
+        name, dep = h.get("model"), h.get("deployment")
         if name is not None and not (isinstance(name, str) and 0 < len(name) <= 200):
             raise WireError("'model' must be the model's name (a string of at most 200 characters)")
+        if dep is not None and not (isinstance(dep, str) and 0 < len(dep) <= 128):
+            raise WireError("'deployment' must be a deployment id (a string of at most 128 characters)")
+
+        st0 = self.stage
+        if (st0 is not None and not bench and name == self.served_name and [st0.start, st0.end] == layers
+                and emb in (None, st0.first) and head in (None, st0.last)
+                and str(st0.ckpt.path) == str(ckpt_ref) and st0.dtype_name == _dtype_name(str(dtype))):
+            # the same stage again (a re-plan that kept this peer's layers): keep the weights, and the
+            # time-to-recover is not spent reading them a second time
+            log.info("load of layers %d:%d of %s: already loaded, kept", st0.start, st0.end, st0.model_name)
+            self.served_deployment = dep
+            await conn.send({**self.info(), "kind": "loaded", "reused": True})
+            return
 
         def work() -> tuple[Any, Any]:
             from prismn.runtime.checkpoint import resolve_checkpoint
@@ -299,7 +378,7 @@ class StageServer:
         freed = self.sessions.close_all()
         if freed:
             log.info("loading a new stage freed %d session(s)", len(freed))
-        self.stage, self.measurement, self.served_name = stage, m, name
+        self.stage, self.measurement, self.served_name, self.served_deployment = stage, m, name, dep
         self._decode_s.clear()
         log.info("loaded layers %d:%d of %s", stage.start, stage.end, stage.model_name)
         await conn.send({**self.info(), "kind": "loaded"})
@@ -365,7 +444,7 @@ class StageServer:
             if rtt is not None and emulate:
                 conn.set_delay(rtt.one_way_s(me, str(emulate.get("client", "client"))))
             self.sessions.open(sid, st.new_cache, max_context, client=conn, next=next_conn, next_dtype=next_dtype,
-                               sampler=sampler, return_logits=return_logits)
+                               sampler=sampler, return_logits=return_logits, pending=collections.deque())
         except (SessionError, TransportError, RuntimeStageError) as e:
             await self._error(conn, sid, str(e))
             return
@@ -397,7 +476,8 @@ class StageServer:
                     s = self.sessions.peek(f.header.get("session"))
                     msg = str(f.header.get("message", "error"))
                     if s is not None:
-                        await self._fail_session(s, f"next stage {f.header.get('peer', key[0])}: {msg}")
+                        nxt = str(f.header.get("peer", key[0]))
+                        await self._fail_session(s, f"next stage {nxt}: {msg}", failed=f.header.get("failed"))
                     else:
                         log.warning("next stage %s: %s", key[0], msg)
         except (WireError, ConnectionError, OSError) as e:
@@ -406,95 +486,233 @@ class StageServer:
             if self._next_pool.get(key) is c:
                 del self._next_pool[key]
             for s in [s for sid in self.sessions.ids() if (s := self.sessions.peek(sid)) and s.attrs.get("next") is c]:
-                await self._fail_session(s, f"the next stage at {key[0]} closed the connection")
+                await self._fail_session(s, f"the next stage at {key[0]} closed the connection", failed=key[0])
             with contextlib.suppress(Exception):
                 await c.close()
 
     # ------------------------------------------------------------------------------ steps
     async def on_step(self, conn: Connection, frame: Frame) -> None:
-        h, payload = frame.header, frame.payload
+        """Validate a step frame and queue each item on its session; the scheduler runs them."""
         st = self.stage
-        sid = h.get("session")
+        msg = parse(StepFrame, frame.header)
         if st is None:
-            await self._error(conn, sid, f"stage {self.peer_id} has no model loaded")
+            for it in msg.items:
+                await self._error(conn, it.session, f"stage {self.peer_id} has no model loaded")
             return
-        # validate the tensor before anything touches it (WireError closes this connection)
-        max_ctx = self.limits.max_context
+        total = sum(it.n for it in msg.items)
+        max_tokens = self.limits.max_context * max(1, len(msg.items))
         if st.first:
-            dtype, shape = check_tensor(h, payload, dtypes=("int32", "int64"), ndim=1, max_elems=max_ctx)
-            n_new = shape[0]
+            dtype, shape = check_tensor(frame.header, frame.payload, dtypes=("int32", "int64"), ndim=1,
+                                        fixed={0: total}, max_elems=max_tokens)
         else:
-            dtype, shape = check_tensor(h, payload, dtypes=st.dtype_name, ndim=3,
-                                        fixed={0: 1, 2: st.hidden_size}, max_elems=max_ctx * st.hidden_size)
-            n_new = shape[1]
-        s = self.sessions.peek(sid)
-        if s is None:
-            await self._error(conn, sid, f"unknown session {sid!r} on stage {self.peer_id} (closed or expired)")
-            return
-        try:
-            self.sessions.check_step(s, h.get("step"), h.get("pos"), n_new)
-        except SessionError as e:
-            await self._fail_session(s, str(e))
-            return
-        trace = h.get("trace")
-        trace = list(trace) if isinstance(trace, list) and len(trace) < MAX_TRACE else []
-        step, pos = s.step, s.length
-        cache = s.cache
-        sampler, want_logits, next_dtype = s.attrs["sampler"], s.attrs["return_logits"], s.attrs["next_dtype"]
+            dtype, shape = check_tensor(frame.header, frame.payload, dtypes=st.dtype_name, ndim=2,
+                                        fixed={0: total, 1: st.hidden_size}, max_elems=max_tokens * st.hidden_size)
+        x = to_tensor(frame.payload, dtype, shape)
+        if st.first and (int(x.min()) < 0 or int(x.max()) >= st.vocab_size):
+            raise WireError(f"token id outside the vocabulary of {st.vocab_size}")
+        off = 0
+        for it in msg.items:
+            part, off = x[off: off + it.n], off + it.n
+            s = self.sessions.peek(it.session)
+            if s is None:
+                await self._error(conn, it.session, f"unknown session {it.session!r} on stage {self.peer_id} "
+                                                    "(closed or expired)")
+                continue
+            try:
+                self.sessions.check_step(s, it.step, it.pos, it.n)
+            except SessionError as e:
+                await self._fail_session(s, str(e))
+                continue
+            self.sessions.enqueue(s, it.n)
+            s.attrs["pending"].append(_Work(s, it, part))
+        self._wake.set()
 
-        def work() -> tuple[Any, Any, float]:
+    def _next_batch(self, peek: bool = False) -> list[_Work]:
+        """Continuous batching: every session whose next work is one decode token runs in one pass;
+        prompt chunks (several tokens) run one at a time, alternating with the decode batches so a long
+        prompt never stalls everyone else's next token."""
+        decode: list[_Work] = []
+        prefill: _Work | None = None
+        for sid in self.sessions.ids():
+            s = self.sessions.peek(sid)
+            if s is None or not s.attrs.get("pending"):
+                continue
+            w = s.attrs["pending"][0]
+            if w.item.n == 1:
+                decode.append(w)
+            elif prefill is None:
+                prefill = w
+        if prefill is not None and (not decode or self._last_kind == "decode") and not peek:
+            self._last_kind = "prefill"
+            return [prefill]
+        if not decode:
+            return []
+        if not peek:
+            self._last_kind = "decode"
+        batch = decode[: self.max_batch]
+        if not self.stage.batchable:  # type: ignore[union-attr]
+            batch = batch[:1]
+        return batch
+
+    def _in_flight(self) -> int:
+        """Decoding sessions whose next token is elsewhere in the loop (later stages, the client)."""
+        n = 0
+        for sid in self.sessions.ids():
+            s = self.sessions.peek(sid)
+            if s is not None and s.length > 0 and not s.attrs.get("pending"):
+                n += 1
+        return n
+
+    async def _gather(self, batch: list[_Work]) -> list[_Work]:
+        """On the first stage, a decode batch smaller than the sessions decoding waits up to one pass for
+        the others to come round: groups that drifted apart merge into one pass (on a CPU the pass costs
+        nearly the same for 8 or 32 sessions), and stay merged. A lone session never waits."""
+        if not (self.stage is not None and self.stage.first and batch and batch[0].item.n == 1):
+            return batch
+        wait_until = time.perf_counter() + min(self.gather_max_s, self._last_pass_s)
+        while self._in_flight() and len(batch) < self.max_batch and time.perf_counter() < wait_until:
+            await asyncio.sleep(0.002)
+            batch = self._next_batch(peek=True) or batch
+        return batch
+
+    async def _scheduler(self) -> None:
+        while True:
+            await self._wake.wait()
+            batch = self._next_batch()
+            if not batch:
+                self._wake.clear()
+                continue
+            if self.gather_max_s > 0:
+                batch = await self._gather(batch)
+            for w in batch:
+                w.s.attrs["pending"].popleft()
+            await asyncio.sleep(0)  # let frames, heartbeats and closes in between batches
+            try:
+                await self._run(batch)
+            except Exception:  # never let the scheduler die: fail these sessions, keep serving the rest
+                log.exception("a batch failed outside the model")
+                for w in batch:
+                    await self._fail_session(w.s, f"stage {self.peer_id} failed on step {w.item.step}")
+
+    async def _run(self, batch: list[_Work]) -> None:
+        st = self.stage
+        assert st is not None
+        B = len(batch)
+        total = sum(w.item.n for w in batch)
+        next_dtypes = {w.s.attrs["next_dtype"] for w in batch}
+
+        def work() -> tuple[Any, list[Any], Any, float]:
             import torch
 
             t0 = time.perf_counter()
-            x = to_tensor(payload, dtype, shape)
-            if st.first:
-                if int(x.min()) < 0 or int(x.max()) >= st.vocab_size:
-                    raise WireError(f"token id outside the vocabulary of {st.vocab_size}")
-                x = x.to(torch.long).view(1, -1)
-            out = st.forward(x, cache, pos, all_logits=(want_logits == "all"))
+            if B == 1 and batch[0].item.n > 1 or B == 1 and not batch[0].item.sample:
+                w = batch[0]
+                want = w.s.attrs["return_logits"]
+                x = w.x.to(torch.long).view(1, -1) if st.first else w.x.view(1, w.item.n, -1)
+                out = st.forward(x, w.s.cache, w.item.pos, all_logits=(want == "all"), head=w.item.sample)
+                out = out[0]  # [n, hidden] or [rows, vocab]
+            else:
+                x = torch.cat([w.x for w in batch])
+                out = st.decode_batch(x.to(torch.long) if st.first else x, [w.s.cache for w in batch],
+                                      [w.item.pos for w in batch])
             if st.last:
-                tok = sampler(out)
-                logits = out[0].to(torch.float32).cpu() if want_logits else None
-                return tok, logits, time.perf_counter() - t0
-            out = out.to(getattr(torch, next_dtype))
-            return tensor_payload(out), None, time.perf_counter() - t0
+                tokens, rows = [], []
+                for i, w in enumerate(batch):
+                    if not w.item.sample:
+                        tokens.append(None)
+                        rows.append(None)
+                        continue
+                    z = out if B == 1 else out[i: i + 1]
+                    tokens.append(w.s.attrs["sampler"](z))
+                    rows.append(z.to(torch.float32).cpu() if w.s.attrs["return_logits"] else None)
+                return tokens, rows, None, time.perf_counter() - t0
+            (nd,) = next_dtypes if len(next_dtypes) == 1 else (st.dtype_name,)
+            return [], [], tensor_payload(out.reshape(total, -1).to(getattr(torch, nd))), time.perf_counter() - t0
 
         try:
-            async with self._compute_lock:  # one step at a time on this stage, in arrival order
-                if n_new <= self.inline_max_tokens:
-                    # decode-sized steps run on the event loop: a thread handoff costs ~0.4 ms per hop
-                    result, logits, dt = work()
-                else:
-                    # long prefills run in a worker so the server keeps answering meanwhile
-                    result, logits, dt = await asyncio.get_running_loop().run_in_executor(self.executor, work)
-        except WireError:
-            raise
-        except Exception as e:  # a failure inside the model: fail this session, keep serving
+            if B == 1 and total <= self.inline_max_tokens:
+                # a lone decode step runs on the event loop: a thread handoff costs ~0.4 ms per hop
+                tokens, rows, payload, dt = work()
+            else:  # batches and prompt chunks run in a worker so the server keeps receiving meanwhile
+                tokens, rows, payload, dt = await asyncio.get_running_loop().run_in_executor(self.executor, work)
+        except Exception as e:  # a failure inside the model: fail these sessions, keep serving
             log.exception("step failed")
-            await self._fail_session(s, f"stage {self.peer_id} failed on step {step}: {e.__class__.__name__}: {e}")
+            for w in batch:
+                await self._fail_session(w.s, f"stage {self.peer_id} failed on step {w.item.step}: "
+                                              f"{e.__class__.__name__}: {e}", failed=self.peer_id)
             return
-        if self.sessions.peek(s.id) is not s:  # closed (client left / expired) while computing
-            return
-        self.sessions.advance(s, n_new)
         self.stats["steps"] += 1
-        if n_new == 1:
+        self.stats["batched_items"] += B
+        if batch[0].item.n == 1:
+            self._last_pass_s = dt
+        self.batch_sizes[B] = self.batch_sizes.get(B, 0) + 1
+        if B == 1 and total == 1:
             self._decode_s.append(dt)
-        trace.append([self.peer_id, round(dt, 6)])
-        try:
-            if st.last:
-                hdr: dict[str, Any] = {"kind": "token", "session": s.id, "step": step, "token": result,
-                                       "pos": pos + n_new, "trace": trace}
+        live = [(i, w) for i, w in enumerate(batch) if self.sessions.peek(w.s.id) is w.s]  # not closed meanwhile
+        for _, w in live:
+            self.sessions.advance(w.s, w.item.n)
+        if st.last:
+            by_client: dict[int, tuple[Connection, list[TokenItem], list[Any]]] = {}
+            for i, w in live:
+                if tokens[i] is None:
+                    continue
+                trace = [*w.item.trace, (self.peer_id, round(dt * w.item.n / total, 6), B)]
+                r = rows[i]
+                item = TokenItem(session=w.s.id, step=w.item.step, token=tokens[i], pos=w.item.pos + w.item.n,
+                                 rows=0 if r is None else int(r.shape[0]), trace=trace)
+                conn = w.s.attrs["client"]
+                g = by_client.setdefault(id(conn), (conn, [], []))
+                g[1].append(item)
+                if r is not None:
+                    g[2].append(r)
+            for conn, items, logit_rows in by_client.values():
+                hdr: dict[str, Any] = {"kind": "tokens", "items": [dump(t) for t in items]}
                 body: Any = b""
-                if logits is not None:
-                    ldt, lshape, body = tensor_payload(logits)
+                if logit_rows:
+                    import torch
+
+                    ldt, lshape, body = tensor_payload(torch.cat(logit_rows))
                     hdr.update(dtype=ldt, shape=lshape)
-                await s.attrs["client"].send(hdr, body)
-            else:
-                odt, oshape, body = result
-                await s.attrs["next"].send({"kind": "step", "session": s.id, "step": step, "pos": pos,
-                                            "dtype": odt, "shape": oshape, "trace": trace}, body)
+                await self._send_or_fail(conn, hdr, body, [w for _, w in live])
+            return
+        # forward one frame per next connection: the batch travels on together
+        odt, _, raw = payload
+        row_bytes = len(raw) // total if total else 0
+        offs, o = [], 0
+        for w in batch:
+            offs.append(o)
+            o += w.item.n
+        by_next: dict[int, tuple[Connection, list[dict[str, Any]], list[memoryview], list[_Work]]] = {}
+        for i, w in live:
+            conn = w.s.attrs["next"]
+            g = by_next.setdefault(id(conn), (conn, [], [], []))
+            trace = [*w.item.trace, (self.peer_id, round(dt * w.item.n / total, 6), B)]
+            g[1].append(dump(StepItem(session=w.s.id, step=w.item.step, pos=w.item.pos, n=w.item.n,
+                                      sample=w.item.sample, trace=trace)))
+            g[2].append(raw[offs[i] * row_bytes: (offs[i] + w.item.n) * row_bytes])
+            g[3].append(w)
+        for conn, items, parts, works in by_next.values():
+            n_tok = sum(it["n"] for it in items)
+            body = parts[0] if len(parts) == 1 else b"".join(parts)
+            await self._send_or_fail(conn, {"kind": "step", "items": items, "dtype": odt,
+                                            "shape": [n_tok, st.hidden_size]}, body, works)
+
+    async def _send_or_fail(self, conn: Connection, header: dict[str, Any], body: Any, works: list[_Work]) -> None:
+        try:
+            await conn.send(header, body)
         except (ConnectionError, OSError) as e:
-            await self._fail_session(s, f"stage {self.peer_id} could not forward step {step}: {e}")
+            for w in works:
+                await self._fail_session(w.s, f"stage {self.peer_id} could not forward step {w.item.step}: {e}",
+                                         failed=getattr(conn, "remote", None))
+
+
+@dataclasses.dataclass
+class _Work:
+    """One session's queued step on this stage: its item and its slice of the frame's tensor."""
+
+    s: Session
+    item: StepItem
+    x: Any
 
 
 async def serve(server: StageServer, host: str, port: int, on_ready: Any = None) -> None:

@@ -24,7 +24,7 @@ class SessionError(PrismnError):
 
 @dataclass(frozen=True)
 class SessionLimits:
-    max_sessions: int = 8
+    max_sessions: int = 64  # sessions batch together; memory is admitted by the coordinator's KV budget
     max_context: int = 4096
     idle_timeout_s: float = 300.0
 
@@ -39,7 +39,9 @@ class Session:
     cache: Any
     max_context: int
     length: int = 0  # tokens already in this stage's cache
-    step: int = 0  # next step number expected
+    step: int = 0  # next step number to compute
+    queued_step: int = 0  # next step number expected on the wire (steps may wait in the stage's queue)
+    queued_length: int = 0  # tokens received so far, computed or queued
     created: float = 0.0
     last_used: float = 0.0
     attrs: dict[str, Any] = field(default_factory=dict)  # server attachments: connections, sampler, ...
@@ -97,20 +99,29 @@ class SessionStore:
         return self._sessions.get(sid) if isinstance(sid, str) else None
 
     def check_step(self, s: Session, step: Any, pos: Any, n_new: int) -> None:
-        """The step must be the next one, at the cache's position, and fit the session's context."""
-        if step != s.step:
-            raise SessionError(f"session {s.id}: step {step!r} arrived where step {s.step} was expected")
-        if pos != s.length:
-            raise SessionError(f"session {s.id}: position {pos!r} does not follow the cache ({s.length} tokens)")
-        if s.length + n_new > s.max_context:
+        """The step must be the next one received, follow the tokens received so far, and fit the
+        session's context."""
+        if step != s.queued_step:
+            raise SessionError(f"session {s.id}: step {step!r} arrived where step {s.queued_step} was expected")
+        if pos != s.queued_length:
+            raise SessionError(f"session {s.id}: position {pos!r} does not follow the cache "
+                               f"({s.queued_length} tokens)")
+        if s.queued_length + n_new > s.max_context:
             raise SessionError(
-                f"session {s.id}: {s.length + n_new} tokens exceed its context of {s.max_context}: "
+                f"session {s.id}: {s.queued_length + n_new} tokens exceed its context of {s.max_context}: "
                 "ask for fewer new tokens or a larger context"
             )
+
+    def enqueue(self, s: Session, n_new: int) -> None:
+        """A checked step waits in the stage's queue: the next one must follow it."""
+        s.queued_step += 1
+        s.queued_length += n_new
+        s.last_used = self.clock()
 
     def advance(self, s: Session, n_new: int) -> None:
         s.length += n_new
         s.step += 1
+        s.queued_step, s.queued_length = max(s.queued_step, s.step), max(s.queued_length, s.length)
         s.last_used = self.clock()
 
     def close(self, sid: str) -> Session | None:

@@ -174,6 +174,7 @@ class Stage:
         body.load_state_dict(sd_body, assign=True, strict=True)
         self._materialise_buffers(cfg)
         self.param_bytes = sum(p.numel() * p.element_size() for p in self.parameters())
+        self._batchable: bool | None = None
 
     # --------------------------------------------------------------------------- setup helpers
     def _materialise_buffers(self, cfg: Any) -> None:
@@ -214,6 +215,60 @@ class Stage:
         out = self.body(inputs_embeds=h, position_ids=position_ids, cache=cache, use_cache=True)
         return out.last_hidden_state
 
+    @property
+    def batchable(self) -> bool:
+        """Whether decode steps of several sessions can share one forward pass here: sliding-window
+        layers keep a cache shorter than the positions they have seen, which left padding cannot
+        line up, so such models run their sessions one after another instead."""
+        if self._batchable is None:
+            self._batchable = not any(getattr(layer, "is_sliding", False) for layer in self.new_cache().layers)
+        return self._batchable
+
+    @torch.inference_mode()
+    def decode_batch(self, x: torch.Tensor, caches: list[Any], positions: list[int]) -> torch.Tensor:
+        """One decode token for each of B sessions in one pass: ids [B] (first stage) or hidden [B, h].
+
+        Each session keeps its own cache. For the pass their caches are stacked with left padding
+        (masked out), every row at its own absolute position; afterwards each session's cache is a
+        view of its row, so the next stack copies it once. Returns hidden [B, h] or logits [B, vocab].
+        """
+        B = len(caches)
+        x = x.to(self.device)
+        h = self.embed(x.view(B, 1)) if self.first else x.view(B, 1, -1).to(self.dtype)
+        if B == 1:
+            out = self.layers(h, caches[0], positions[0])
+            return (self.logits(out) if self.last else out).reshape(1, -1)
+        lens = [c.get_seq_length() for c in caches]
+        if lens != list(positions):
+            raise RuntimeStageError(f"cache lengths {lens} do not match the steps' positions {list(positions)}")
+        L = max(lens)
+        batch = self.new_cache()
+        mask = torch.ones((B, L + 1), dtype=torch.long, device=self.device)
+        for i, n in enumerate(lens):
+            mask[i, : L - n] = 0
+        if L:
+            for li, layer in enumerate(batch.layers):
+                ks, vs = [], []
+                for c, n in zip(caches, lens, strict=True):
+                    k, v = c.layers[li].keys, c.layers[li].values
+                    if n < L:  # left padding: zeros the mask hides
+                        pad = (0, 0, L - n, 0)
+                        k, v = torch.nn.functional.pad(k, pad), torch.nn.functional.pad(v, pad)
+                    ks.append(k)
+                    vs.append(v)
+                layer.update(torch.cat(ks), torch.cat(vs))
+        position_ids = torch.tensor(lens, device=self.device).view(B, 1)
+        out = self.body(inputs_embeds=h, position_ids=position_ids, attention_mask=mask, cache=batch,
+                        use_cache=True).last_hidden_state
+        for li, layer in enumerate(batch.layers):
+            for i, (c, n) in enumerate(zip(caches, lens, strict=True)):
+                own = c.layers[li]
+                if not own.is_initialized:
+                    own.lazy_initialization(layer.keys, layer.values)
+                own.keys = layer.keys[i: i + 1, :, L - n:, :]
+                own.values = layer.values[i: i + 1, :, L - n:, :]
+        return (self.logits(out) if self.last else out).reshape(B, -1)
+
     @torch.inference_mode()
     def logits(self, h: torch.Tensor, all_positions: bool = False) -> torch.Tensor:
         """LM head on the last position (or all) → float32 [1, n, vocab] (last stage only)."""
@@ -223,12 +278,14 @@ class Stage:
         return self.lm_head(h).float()
 
     @torch.inference_mode()
-    def forward(self, x: torch.Tensor, cache: Any, pos: int, all_logits: bool = False) -> torch.Tensor:
-        """First stage: ids [1, n]; others: hidden [1, n, h]. Last stage returns logits, others hidden."""
+    def forward(self, x: torch.Tensor, cache: Any, pos: int, all_logits: bool = False,
+                head: bool = True) -> torch.Tensor:
+        """First stage: ids [1, n]; others: hidden [1, n, h]. Last stage returns logits (hidden when
+        ``head`` is False: a prompt chunk whose token nobody needs), others hidden."""
         x = x.to(self.device)
         h = self.embed(x) if self.first else x.to(self.dtype)
         h = self.layers(h, cache, pos)
-        return self.logits(h, all_logits) if self.last else h
+        return self.logits(h, all_logits) if (self.last and head) else h
 
     def info(self) -> dict[str, Any]:
         return {
