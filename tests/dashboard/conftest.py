@@ -40,8 +40,10 @@ def _missing_browser() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium():
+    # module, not session: while Playwright's sync API is open an event loop runs in this thread, and
+    # every later test that calls asyncio.run() would fail
     reason = _missing_browser()
     if reason:
         if os.environ.get("CI"):
