@@ -175,3 +175,32 @@ def test_sigkill_of_a_stage_mid_stream_is_only_a_pause(cluster, reference, posit
         # the machine comes back (a new process, the same peer id): it re-joins and may serve again
         cluster.start_peer(next(c for c in CITIES if c.lower() + "-1" == victim))
         wait_for(lambda v=victim: cluster.peer_status()[v] == "online", 60, f"{victim} re-joined")
+
+
+def test_a_warm_spare_takes_over_its_stage(cluster, reference):
+    for d in cluster.api("GET", "/v1/deployments").json()["data"]:
+        if d["state"] == "ready":
+            assert cluster.api("DELETE", f"/v1/deployments/{d['id']}").status_code == 200
+    r = cluster.api("POST", "/v1/deployments", json={"model": str(cluster.ckpt), "name": "tiny-r",
+                                                    "objective": "latency", "spares": 1})
+    assert r.status_code == 201, r.text
+    dep = r.json()
+    spares = dep["plan"]["spares"]
+    assert len(spares) == 1, dep["plan"]
+    spare = spares[0]
+    covered = next(s for s in dep["plan"]["stages"] if s["layers"] == spare["layers"])
+    assert spare["peer"] not in {s["peer"] for s in dep["plan"]["stages"]} and spare["for_peer"] == covered["peer"]
+    proc = cluster.peers.pop(covered["peer"])
+
+    def kill_after_five(i: int) -> None:
+        if i == 5:
+            stop(proc, "kill")
+
+    text, usage = _stream(cluster, kill_after_five)
+    assert text == reference
+    rec = usage["recoveries"][0]
+    # the same plan with the lost peer swapped for the spare, which already held its layers
+    assert rec["failed_peer"] == covered["peer"] and spare["peer"] in rec["new_route"], rec
+    after = cluster.api("GET", f"/v1/deployments/{dep['id']}").json()
+    assert [s["layers"] for s in after["plan"]["stages"]] == [s["layers"] for s in dep["plan"]["stages"]]
+    assert after["plan"]["notes"].get("warm_spare") == [spare["peer"]]

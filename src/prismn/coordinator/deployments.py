@@ -24,6 +24,7 @@ from prismn.model import ModelSpec, load_model_spec
 from prismn.placement import (
     CostOptions,
     EvaluatedPlan,
+    Plan,
     PlanRequest,
     Stage,
     evaluate_plan,
@@ -198,15 +199,21 @@ class Deployer:
         try:
             # a peer serves one stage at a time: peers busy with another live deployment are not candidates
             busy = {s["peer"] for d in self.store.deployments() if d.id != dep_id and d.plan
-                    and d.state in LIVE_STATES for s in d.plan["stages"]}
+                    and d.state in LIVE_STATES for s in [*d.plan["stages"], *d.plan.get("spares", [])]}
             online = [p.id for p in self.store.peers("online") if p.id not in exclude | busy]
             if not online:
                 raise PlanError("no free peer is online" + (f" ({len(busy)} serve other deployments)" if busy else ""))
             swarm = await asyncio.to_thread(self.registry.swarm, online)
-            chosen, run = await asyncio.to_thread(self.plan, req, spec, swarm)  # big swarms take a while
+            swapped = self._swap_in_spare(row.plan, set(online), spec, swarm)
+            if swapped is not None:  # a warm spare holds the lost stage: same plan, that peer replaced
+                chosen = run = swapped
+            else:
+                chosen, run = await asyncio.to_thread(self.plan, req, spec, swarm)  # big swarms take a while
             if not run.feasible:
                 raise PlanError("no feasible plan on the online peers: " + "; ".join(run.problems[:3]))
             plan_json = {**run.to_json(), "strategy_plan": chosen.to_json() if run is not chosen else None}
+            kept = [sp for sp in (row.plan or {}).get("spares", []) if sp["peer"] in online
+                    and sp["peer"] not in {st["peer"] for st in plan_json["stages"]}] if swapped is not None else []
             rtt = self.emulated_rtt(swarm, [s["peer"] for s in plan_json["stages"]])
             plan_json["emulated_rtt_ms"] = rtt
             self._update(dep_id, state="loading", plan=plan_json, error=None)
@@ -221,7 +228,14 @@ class Deployer:
             self._update(dep_id, state="ready", plan=runner.plan)
             # peers of the previous plan that this one left hold weights nobody uses: free them
             before = {s["peer"] for s in (row.plan or {}).get("stages", [])}
-            self._unload_later(before - {s["peer"] for s in runner.plan["stages"]}, spec.name, dep_id)
+            if swapped is None:
+                before |= {sp["peer"] for sp in (row.plan or {}).get("spares", [])}
+            self._unload_later(before - {s["peer"] for s in runner.plan["stages"]} - {sp["peer"] for sp in kept},
+                               spec.name, dep_id)
+            runner.plan["spares"] = kept
+            if req.spares > len(kept):
+                await self._place_spares(dep_id, req, spec, runner)
+            self._update(dep_id, plan=runner.plan)
         except (TimeoutError, PrismnError, OSError, ConnectionError) as e:
             self._update(dep_id, state="failed", error=str(e))
             log.warning("deployment %s failed: %s", dep_id, e)
@@ -296,6 +310,81 @@ class Deployer:
             if time.monotonic() > deadline:
                 raise PrismnError(f"model {model!r} is still being re-planned or restored; retry shortly")
             await asyncio.sleep(0.1)
+
+    # ---- warm spares ------------------------------------------------------------------------
+    def _swap_in_spare(self, old: dict[str, Any] | None, online: set[str], spec: ModelSpec,
+                       swarm: Swarm) -> EvaluatedPlan | None:
+        """The previous plan with each lost peer replaced by an online spare that pre-loaded its stage,
+        judged by the evaluator; None when a lost peer has no spare (then the planner re-plans)."""
+        if not old or not old.get("spares"):
+            return None
+        spares = {(tuple(sp["layers"]), sp["peer"]) for sp in old["spares"] if sp["peer"] in online}
+        stages, used = [], set()
+        for st in old["stages"]:
+            peer = st["peer"]
+            if peer not in online:
+                peer = next((p for (span, p) in sorted(spares) if span == tuple(st["layers"]) and p not in used), None)
+                if peer is None:
+                    return None
+                used.add(peer)
+            stages.append(Stage(peer, st["layers"][0], st["layers"][1], st["embedding"], st["head"]))
+        if not used:
+            return None
+        ev = evaluate_plan(Plan(old.get("strategy") or "prismn", spec.name, stages,
+                                notes={"warm_spare": sorted(used)}), spec, swarm)
+        return ev if ev.feasible else None
+
+    async def _place_spares(self, dep_id: str, req: DeploymentRequest, spec: ModelSpec, runner: Runner) -> None:
+        """Free peers that pre-load a copy of the plan's costliest stages (most layers to read again if
+        their peer is lost), each on the free peer that keeps the swapped plan fastest."""
+        plan = runner.plan
+        taken = {s["peer"] for s in plan["stages"]} | {sp["peer"] for sp in plan.get("spares", [])}
+        busy = {s["peer"] for d in self.store.deployments() if d.id != dep_id and d.plan and d.state in LIVE_STATES
+                for s in [*d.plan["stages"], *d.plan.get("spares", [])]}
+        free = [p.id for p in self.store.peers("online") if p.id not in taken | busy]
+        if not free:
+            log.info("deployment %s: no free peer for a warm spare", dep_id)
+            return
+        swarm = await asyncio.to_thread(self.registry.swarm, [*free, *(s["peer"] for s in plan["stages"])])
+        cm = CostModel(spec, CostOptions())
+        covered = {tuple(sp["layers"]) for sp in plan.get("spares", [])}
+        order = sorted(plan["stages"], key=lambda st: st["layers"][0] - st["layers"][1])  # most layers first
+        while len(plan.get("spares", [])) < req.spares and free:
+            target = next((st for st in order if tuple(st["layers"]) not in covered), None)
+            if target is None:
+                break
+            n = target["layers"][1] - target["layers"][0]
+            fits = [p for p in free if cm.max_layers(swarm.peer(p), target["embedding"], target["head"]) >= n]
+            best = None
+            for p in fits:
+                stages = [Stage(p if st is target else st["peer"], st["layers"][0], st["layers"][1], st["embedding"],
+                                st["head"]) for st in plan["stages"]]
+                ev = evaluate_plan(Plan("spare", spec.name, stages), spec, swarm)
+                if ev.feasible and (best is None or ev.metrics["latency_ms_per_token"] < best[1]):
+                    best = (p, ev.metrics["latency_ms_per_token"])
+            covered.add(tuple(target["layers"]))
+            if best is None:
+                continue
+            from prismn.runtime.client import Hop, PipelineClient
+
+            pid = best[0]
+            hop = Hop(pid, self.registry.addresses()[pid], tuple(target["layers"]), target["embedding"], target["head"])
+            client = PipelineClient([hop])
+            try:
+                await client.connect()
+                await client.load(runner.checkpoint, dtype=runner.dtype, name=runner.model, token=self.load_token,
+                                  deployment=dep_id)
+            except PrismnError as e:
+                log.info("deployment %s: warm spare on %s failed to load: %s", dep_id, pid, e)
+                continue
+            finally:
+                await client.aclose()
+            plan.setdefault("spares", []).append({"peer": pid, "layers": target["layers"],
+                                                  "embedding": target["embedding"], "head": target["head"],
+                                                  "for_peer": target["peer"]})
+            free.remove(pid)
+            log.info("deployment %s: warm spare %s holds layers %s of %s", dep_id, pid, target["layers"],
+                     target["peer"])
 
     def _unload_later(self, peers: set[str], model: str, dep_id: str) -> None:
         """Free the stages of ``model`` on peers that no longer serve it (best effort, in the background)."""

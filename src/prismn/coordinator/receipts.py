@@ -12,7 +12,7 @@ from prismn.swarm import Swarm
 ENERGY_BASIS = ("measured stage compute time x modelled power (TDP x 0.65 active x 1.3 host x PUE), this request "
                 "charged its share of every batched pass it was part of (pass time x its tokens / the pass's "
                 "tokens); network: the plan's per-token decode-hop energy x tokens; grid intensity as named per "
-                "stage")
+                "stage; not counted: the idle draw of stages between passes and of warm spares while they wait")
 
 
 def build_receipt(plan: dict[str, Any], swarm: Swarm, traces: list[list[Any]], prompt_tokens: int,

@@ -54,6 +54,8 @@ class DeploymentRequest(BaseModel):
                                                  "the stages and the plan's KV budget can hold)")
     max_queue: int | None = Field(default=None, ge=0, le=100000,
                                   description="requests that may wait beyond that (default: --max-queue); then 429")
+    spares: int = Field(default=0, ge=0, le=4, description="warm spares: free peers that pre-load a copy of a "
+                                                           "stage, so losing its peer needs no weights loaded")
 
 
 def _utf8(value: Any, where: str) -> Any:
