@@ -178,3 +178,24 @@ def test_replan_when_a_peer_of_the_plan_stops(cluster):
     assert new["state"] == "ready" and new["generation"] > dep["generation"]
     assert victim not in {s["peer"] for s in new["plan"]["stages"]}
     assert json.loads(r.text)["usage"]["carbon"]["deployment"] == dep["id"]
+
+
+def test_restart_while_a_peer_is_dead_never_plans_onto_it(cluster):
+    import time
+
+    deps = cluster.api("GET", "/v1/deployments").json()["data"]
+    dep = [d for d in deps if d["state"] == "ready"][-1]
+    stop(cluster.coord, "kill")
+    victim = dep["plan"]["stages"][-1]["peer"]
+    stop(cluster.peers.pop(victim), "kill")  # dies while the coordinator is away
+    cluster.start_coordinator()
+    # the dead peer is not "online" after the restart: only peers that heartbeat again are
+    assert cluster.peer_status()[victim] != "online"
+    t0 = time.monotonic()
+    r = httpx.post(cluster.url + "/v1/chat/completions", timeout=120,
+                   json={"model": "tiny-chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3})
+    assert r.status_code == 200, r.text  # it waited for the restore / re-plan instead of a 404
+    new = cluster.api("GET", f"/v1/deployments/{dep['id']}").json()
+    assert new["state"] == "ready" and victim not in {s["peer"] for s in new["plan"]["stages"]}, new
+    assert cluster.peer_status()[victim] == "offline"
+    assert time.monotonic() - t0 < 60

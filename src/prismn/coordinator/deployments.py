@@ -77,6 +77,23 @@ def kv_token_budget(spec: ModelSpec, swarm: Swarm, stages: list[dict[str, Any]])
     return max(1, best if best is not None else cm.context)
 
 
+def _fastest_swap(plan: dict[str, Any], target: dict[str, Any], candidates: list[str], spec: ModelSpec,
+                  swarm: Swarm, cm: CostModel) -> tuple[str, float] | None:
+    """(peer, ms/token) of the candidate that can hold ``target``'s layers and keeps the plan fastest when it
+    takes that stage, judged by the evaluator; None if none fits."""
+    n = target["layers"][1] - target["layers"][0]
+    best = None
+    for p in candidates:
+        if p not in swarm.index or cm.max_layers(swarm.peer(p), target["embedding"], target["head"]) < n:
+            continue
+        stages = [Stage(p if st is target else st["peer"], st["layers"][0], st["layers"][1], st["embedding"],
+                        st["head"]) for st in plan["stages"]]
+        ev = evaluate_plan(Plan("swap", spec.name, stages), spec, swarm)
+        if ev.feasible and (best is None or ev.metrics["latency_ms_per_token"] < best[1]):
+            best = (p, ev.metrics["latency_ms_per_token"])
+    return best
+
+
 class Runner:
     """A loaded deployment: the pipeline client its requests share, tokenizer, plan and admission."""
 
@@ -205,7 +222,9 @@ class Deployer:
                 raise PlanError("no free peer is online" + (f" ({len(busy)} serve other deployments)" if busy else ""))
             swarm = await asyncio.to_thread(self.registry.swarm, online)
             swapped = self._swap_in_spare(row.plan, set(online), spec, swarm)
-            if swapped is not None:  # a warm spare holds the lost stage: same plan, that peer replaced
+            if swapped is None:  # else only the lost spans move, to free peers
+                swapped = await asyncio.to_thread(self._swap_in_free_peers, row.plan, set(online), spec, swarm)
+            if swapped is not None:  # same layer split; only the lost peers replaced
                 chosen = run = swapped
             else:
                 chosen, run = await asyncio.to_thread(self.plan, req, spec, swarm)  # big swarms take a while
@@ -334,6 +353,33 @@ class Deployer:
                                 notes={"warm_spare": sorted(used)}), spec, swarm)
         return ev if ev.feasible else None
 
+    def _swap_in_free_peers(self, old: dict[str, Any] | None, online: set[str], spec: ModelSpec,
+                            swarm: Swarm) -> EvaluatedPlan | None:
+        """Re-plan only the lost spans: each lost stage goes, whole, to the free online peer that keeps the
+        plan fastest; every other stage stays where it is (and keeps its loaded weights). None when a lost
+        span fits no free peer (then the planner re-plans everything)."""
+        if not old or not old.get("stages"):
+            return None
+        lost = [st for st in old["stages"] if st["peer"] not in online]
+        if not lost:
+            return None
+        plan = {"stages": [dict(st) for st in old["stages"]]}
+        free = [p for p in online if p not in {st["peer"] for st in old["stages"]}]
+        cm = CostModel(spec, CostOptions())
+        for st in plan["stages"]:
+            if st["peer"] in online:
+                continue
+            best = _fastest_swap(plan, st, free, spec, swarm, cm)
+            if best is None:
+                return None
+            st["peer"] = best[0]
+            free.remove(best[0])
+        stages = [Stage(st["peer"], st["layers"][0], st["layers"][1], st["embedding"], st["head"])
+                  for st in plan["stages"]]
+        ev = evaluate_plan(Plan(old.get("strategy") or "prismn", spec.name, stages,
+                                notes={"replaced_spans": [st["layers"] for st in lost]}), spec, swarm)
+        return ev if ev.feasible else None
+
     async def _place_spares(self, dep_id: str, req: DeploymentRequest, spec: ModelSpec, runner: Runner) -> None:
         """Free peers that pre-load a copy of the plan's costliest stages (most layers to read again if
         their peer is lost), each on the free peer that keeps the swapped plan fastest."""
@@ -353,15 +399,7 @@ class Deployer:
             target = next((st for st in order if tuple(st["layers"]) not in covered), None)
             if target is None:
                 break
-            n = target["layers"][1] - target["layers"][0]
-            fits = [p for p in free if cm.max_layers(swarm.peer(p), target["embedding"], target["head"]) >= n]
-            best = None
-            for p in fits:
-                stages = [Stage(p if st is target else st["peer"], st["layers"][0], st["layers"][1], st["embedding"],
-                                st["head"]) for st in plan["stages"]]
-                ev = evaluate_plan(Plan("spare", spec.name, stages), spec, swarm)
-                if ev.feasible and (best is None or ev.metrics["latency_ms_per_token"] < best[1]):
-                    best = (p, ev.metrics["latency_ms_per_token"])
+            best = _fastest_swap(plan, target, free, spec, swarm, cm)
             covered.add(tuple(target["layers"]))
             if best is None:
                 continue
