@@ -56,7 +56,8 @@ def resolve_checkpoint_path(model: str) -> str:
 
 
 # states of a deployment that holds (or is about to hold) its peers' stages
-LIVE_STATES = ("ready", "loading", "replanning", "restoring")
+# (degraded: a peer of the plan was lost and the deployment is recovering: requests wait, then go on)
+LIVE_STATES = ("ready", "loading", "replanning", "restoring", "degraded")
 
 
 def kv_token_budget(spec: ModelSpec, swarm: Swarm, stages: list[dict[str, Any]]) -> int:
@@ -471,20 +472,20 @@ class Deployer:
                 del self.by_model[name]
         return runner
 
-    def schedule_replan(self, dep_id: str, reason: str) -> None:
+    def schedule_replan(self, dep_id: str, reason: str, state: str = "replanning") -> None:
         if dep_id in self._replanning:
             return
         self._replanning.add(dep_id)
-        task = asyncio.get_running_loop().create_task(self._replan(dep_id, reason))
+        task = asyncio.get_running_loop().create_task(self._replan(dep_id, reason, state))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _replan(self, dep_id: str, reason: str) -> None:
+    async def _replan(self, dep_id: str, reason: str, state: str = "replanning") -> None:
         try:
             row = self.get(dep_id)
             req = DeploymentRequest.model_validate(row.request)
             log.info("re-planning %s: %s", dep_id, reason)
-            self._update(dep_id, state="replanning", error=reason, generation=row.generation + 1)
+            self._update(dep_id, state=state, error=reason, generation=row.generation + 1)
             spec, _ = await asyncio.to_thread(self.spec_for, req.model, req.dtype)
             await self._deploy(dep_id, spec, exclude=set())
         finally:
@@ -503,7 +504,7 @@ class Deployer:
                     task = asyncio.get_running_loop().create_task(runner.close())
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
-                self.schedule_replan(row.id, f"peer(s) {', '.join(sorted(gone))} went offline")
+                self.schedule_replan(row.id, f"peer(s) {', '.join(sorted(gone))} went offline", state="degraded")
                 n += 1
         return n
 

@@ -104,7 +104,7 @@ class Live:
                 what = f"{d['id']} ({d['model']}) {d['state']}"
                 if route:
                     what += " on " + " \u2192 ".join(route)
-                reason = d["error"] if d["state"] in ("failed", "replanning") else None  # else a stale one
+                reason = d["error"] if d["state"] in ("failed", "replanning", "degraded") else None  # else stale
                 if old and old[1] != d["generation"]:
                     what += f" (re-plan #{d['generation']}" + (f": {reason})" if reason else ")")
                 elif reason:

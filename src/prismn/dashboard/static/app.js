@@ -88,7 +88,7 @@ function drawMap() {
   const s = S.snap;
   const pts = [[s.coordinator.lon, s.coordinator.lat], ...s.peers.map((p) => [p.lon, p.lat])];
   fitTo(pts);
-  const live = s.deployments.filter((d) => ["ready", "loading", "replanning", "restoring"].includes(d.state)
+  const live = s.deployments.filter((d) => ["ready", "loading", "replanning", "restoring", "degraded"].includes(d.state)
     && d.plan && d.plan.hops);
   const colours = ["#0b5fa5", "#6a3d9a", "#1b7f3b", "#8c510a"];
   gRoutes.selectAll("g.route").data(live, (d) => d.id).join("g").attr("class", "route")
