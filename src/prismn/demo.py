@@ -120,8 +120,12 @@ class Demo:
     def restart_peer(self, city: str, vram: float) -> None:
         """Start a peer again after it was killed (same id): it re-joins and may serve again."""
         old = self.peer_procs.get(_slug(city))
-        if old is not None and old in self.procs:
-            self.procs.remove(old)  # its death was wanted: waits must not treat it as a crash
+        if old is not None:
+            if old.poll() is None:  # still running: never leave two processes with one peer id
+                old.kill()
+                old.wait(10)
+            if old in self.procs:
+                self.procs.remove(old)  # its death was wanted: waits must not treat it as a crash
         self._spawn_peer(city, vram)
         self.wait(f"peer {city} back online", lambda: any(
             p["id"] == _slug(city) and p["status"] == "online" for p in self.api("GET", "/v1/peers").json()["data"]),
