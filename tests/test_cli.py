@@ -60,6 +60,7 @@ def test_bad_swarm_file_is_one_line(tmp_path):
     assert r.returncode == 2 and "lat = 142" in r.stderr and r.stderr.count("\n") == 1
 
 
+@pytest.mark.slow  # > 2 s: subprocesses
 def test_swarm_generate_is_reproducible(tmp_path):
     a = prismn("swarm", "generate", "--peers", "200", "--seed", "3").stdout
     b = prismn("swarm", "generate", "--peers", "200", "--seed", "3").stdout

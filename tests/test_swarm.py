@@ -129,3 +129,51 @@ def test_unknown_driver_name_is_none():
     from prismn.gpus import match_gpu
 
     assert match_gpu("Voodoo5 6000") is None
+
+
+MULTI = {"coordinator": {"lat": 48.1, "lon": 11.6},
+         "peers": [{"id": "rig-1", "lat": 48.1, "lon": 11.6, "carbon_intensity": 100.0,
+                    "gpus": [{"gpu": "RTX 4090", "free_vram_gb": 22}, {"gpu": "RTX 3090", "free_vram_gb": 23}]},
+                   {"id": "far", "lat": 40.4, "lon": -3.7, "free_vram_gb": 20, "gpu": "RTX 4090"}],
+         "rtt_ms": {"rig-1": {"far": 45.0}}}
+
+
+def test_a_peer_with_several_gpus_plans_one_stage_per_gpu():
+    from prismn.model import load_model_spec
+    from prismn.placement import make_plan
+    from prismn.swarm import INTRA_HOST_RTT_MS
+
+    sw = parse_swarm(MULTI)
+    assert [p.id for p in sw.peers] == ["rig-1.gpu0", "rig-1.gpu1", "far"]
+    g0, g1 = sw.peer("rig-1.gpu0"), sw.peer("rig-1.gpu1")
+    assert g0.gpu.name == lookup_gpu("RTX 4090").name and g1.gpu.name == lookup_gpu("RTX 3090").name
+    assert (g0.free_vram_gb, g1.free_vram_gb, g0.host, sw.peer("far").host) == (22, 23, "rig-1", None)
+    assert g0.intensity.g_per_kwh == g1.intensity.g_per_kwh == 100.0
+    assert sw.rtt_ms("rig-1.gpu0", "rig-1.gpu1") == INTRA_HOST_RTT_MS
+    assert sw.rtt_ms("rig-1.gpu1", "far") == sw.rtt_ms("far", "rig-1.gpu0") == 45.0
+    # 32 GB of fp32 weights fit on neither GPU alone: the plan takes both GPUs of the rig, one stage each
+    spec = load_model_spec("meta-llama/Llama-3.1-8B", "fp32")
+    ev = make_plan("prismn", spec, sw)
+    assert ev.feasible
+    peers = [s["peer"] for s in ev.stages]
+    assert sorted(peers) == ["rig-1.gpu0", "rig-1.gpu1"]
+    assert [h["rtt_ms"] for h in ev.hops][1] == INTRA_HOST_RTT_MS
+
+
+@pytest.mark.parametrize("peer,fix", [
+    ({"id": "x", "lat": 0, "lon": 0, "free_vram_gb": 4, "gpus": [{"free_vram_gb": 4}]}, "not beside 'gpus'"),
+    ({"id": "x", "lat": 0, "lon": 0}, "add 'free_vram_gb'"),
+    ({"id": "x", "lat": 0, "lon": 0, "gpus": [{"gpu": "RTX 9999", "free_vram_gb": 4}]}, "unknown GPU"),
+    ({"id": "x", "lat": 0, "lon": 0, "gpus": []}, "gpus"),
+])
+def test_bad_gpu_lists_are_one_line(peer, fix):
+    with pytest.raises(SwarmError) as e:
+        parse_swarm({"coordinator": {"lat": 0, "lon": 0}, "peers": [peer]})
+    assert fix in str(e.value) and "\n" not in str(e.value)
+
+
+def test_split_gpu_ids_must_stay_unique():
+    with pytest.raises(SwarmError, match="rename"):
+        parse_swarm({"coordinator": {"lat": 0, "lon": 0}, "peers": [
+            {"id": "r", "lat": 0, "lon": 0, "gpus": [{"free_vram_gb": 4}, {"free_vram_gb": 4}]},
+            {"id": "r.gpu1", "lat": 0, "lon": 0, "free_vram_gb": 4}]})

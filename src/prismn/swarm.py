@@ -5,7 +5,14 @@ A swarm file (JSON or YAML) looks like:
      "peers": [{"id": "oslo-1", "lat": 59.91, "lon": 10.75, "free_vram_gb": 0.35,
                 "gpu": "RTX 3060", "carbon_intensity": 18.0, "zone": "NO-NO1", "pue": 1.1}],
      "rtt_ms": {"oslo-1": {"paris-1": 31.0}}}
-Only id, lat, lon and free_vram_gb are required per peer. Defaults: gpu -> gpus.DEFAULT_GPU;
+A peer with several GPUs lists them instead of gpu and free_vram_gb:
+    {"id": "rig-1", "lat": 48.1, "lon": 11.6, "gpus": [{"gpu": "RTX 4090", "free_vram_gb": 22},
+                                                        {"gpu": "RTX 3090", "free_vram_gb": 23}]}
+Each GPU holds at most one pipeline stage (one stage process per GPU, the way the runtime serves
+stages): it becomes its own placement peer "rig-1.gpu0", "rig-1.gpu1" at the same place, zone and
+link, with a measured intra-host RTT of INTRA_HOST_RTT_MS between siblings; rtt_ms given for "rig-1"
+applies to every one of its GPUs. Tensor parallelism across the GPUs of a host is not modelled.
+Only id, lat, lon and free_vram_gb (or gpus) are required per peer. Defaults: gpu -> gpus.DEFAULT_GPU;
 carbon_intensity -> embedded data by zone, else by location; pue -> DEFAULT_PUE;
 bandwidth_mbps -> DEFAULT_BANDWIDTH_MBPS. A measured rtt_ms wins over the distance estimate.
 """
@@ -19,7 +26,7 @@ from typing import Any
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from prismn import geo
 from prismn.carbon import CarbonProvider, EmbeddedProvider, Intensity, default_provider, user_supplied
@@ -29,6 +36,10 @@ from prismn.gpus import GPU, lookup_gpu
 DEFAULT_PUE = 1.56  # Uptime Institute 2024 industry average; hyperscale sites are ~1.1, home rigs ~1.0
 DEFAULT_BANDWIDTH_MBPS = 100.0  # a typical well-connected peer's uplink
 CLIENT = "client"  # the coordinator/client node in RTT matrices and routes
+# RTT between two GPUs of one host (two stage processes over loopback): the kernel's loopback round trip
+# is tens of microseconds; serialisation per hop is CostOptions.hop_overhead_ms (benchmarks/runtime.py)
+INTRA_HOST_RTT_MS = 0.1
+GPU_SEP = ".gpu"  # "rig-1" with two GPUs plans as "rig-1.gpu0" and "rig-1.gpu1"
 
 
 class Measurement(BaseModel):
@@ -48,13 +59,36 @@ class Measurement(BaseModel):
     source: str | None = Field(default=None, max_length=200)  # e.g. "observed: median of 40 decode steps served"
 
 
+def _check_gpu_name(v: str | None) -> str | None:
+    if v is not None:
+        try:
+            lookup_gpu(v)
+        except SwarmError as e:
+            raise ValueError(str(e)) from None
+    return v
+
+
+class GpuIn(BaseModel):
+    """One GPU of a peer with several: its model and its own free VRAM."""
+
+    model_config = ConfigDict(extra="forbid")
+    gpu: str | None = None
+    free_vram_gb: float = Field(ge=0)
+
+    @field_validator("gpu")
+    @classmethod
+    def _known_gpu(cls, v: str | None) -> str | None:
+        return _check_gpu_name(v)
+
+
 class PeerIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:\-]+$")
     lat: float = Field(ge=-90, le=90)
     lon: float = Field(ge=-180, le=180)
-    free_vram_gb: float = Field(ge=0)
+    free_vram_gb: float | None = Field(default=None, ge=0)
     gpu: str | None = None
+    gpus: list[GpuIn] | None = Field(default=None, min_length=1, max_length=64)
     carbon_intensity: float | None = Field(default=None, ge=0, le=3000)
     zone: str | None = None
     pue: float | None = Field(default=None, ge=1.0, le=3.0)
@@ -65,12 +99,15 @@ class PeerIn(BaseModel):
     @field_validator("gpu")
     @classmethod
     def _known_gpu(cls, v: str | None) -> str | None:
-        if v is not None:
-            try:
-                lookup_gpu(v)
-            except SwarmError as e:
-                raise ValueError(str(e)) from None
-        return v
+        return _check_gpu_name(v)
+
+    @model_validator(mode="after")
+    def _one_way_to_give_gpus(self) -> PeerIn:
+        if self.gpus is None and self.free_vram_gb is None:
+            raise ValueError("add 'free_vram_gb' (or 'gpus': a list of {gpu, free_vram_gb} for several GPUs)")
+        if self.gpus is not None and (self.free_vram_gb is not None or self.gpu is not None):
+            raise ValueError("give 'gpu' and 'free_vram_gb' inside each 'gpus' entry, not beside 'gpus'")
+        return self
 
 
 class Location(BaseModel):
@@ -101,6 +138,7 @@ class Peer:
     bandwidth_mbps: float
     zone: str | None
     measurements: list[Measurement] = field(default_factory=list)
+    host: str | None = None  # the swarm file's peer id when this is one GPU of a peer with several
 
     def measurement_for(self, model: str, dtype: str) -> Measurement | None:
         for m in self.measurements:
@@ -206,17 +244,44 @@ def parse_swarm(data: Any, provider: CarbonProvider | None = None) -> Swarm:
 
     provider = provider or default_provider()
     embedded = EmbeddedProvider()
-    peers = [_resolve_peer(i, p, provider, embedded) for i, p in enumerate(raw.peers)]
+    peers: list[Peer] = []
+    members: dict[str, list[str]] = {}  # swarm-file id -> placement peer ids (one per GPU)
+    for i, p in enumerate(raw.peers):
+        if p.gpus is None:
+            peers.append(_resolve_peer(i, p, provider, embedded))
+            members[p.id] = [p.id]
+            continue
+        ids = []
+        for k, g in enumerate(p.gpus):
+            one = p.model_copy(update={"id": f"{p.id}{GPU_SEP}{k}", "gpu": g.gpu, "free_vram_gb": g.free_vram_gb,
+                                       "gpus": None})
+            peer = _resolve_peer(i, one, provider, embedded)
+            peer.host = p.id
+            peers.append(peer)
+            ids.append(one.id)
+        members[p.id] = ids
+    all_ids = [p.id for p in peers]
+    if len(set(all_ids)) != len(all_ids):
+        dup = next(x for x in all_ids if all_ids.count(x) > 1)
+        raise SwarmError(f"peer id {dup!r} is used twice once GPUs are split ('<id>{GPU_SEP}<k>'): rename that peer")
 
+    split_ids = set(all_ids)
     overrides: dict[tuple[str, str], float] = {}
+    for ids in members.values():  # the GPUs of one host reach each other over loopback
+        for x in ids:
+            for y in ids:
+                if x != y:
+                    overrides[(x, y)] = INTRA_HOST_RTT_MS
     for a, row in raw.rtt_ms.items():
         for b, v in row.items():
             for end in (a, b):
-                if end not in seen and end != CLIENT:
+                if end not in seen and end not in split_ids and end != CLIENT:
                     raise SwarmError(f"rtt_ms names unknown peer {end!r}: use ids from peers (or {CLIENT!r})")
             if not (v >= 0 and v < 10_000):
                 raise SwarmError(f"rtt_ms[{a!r}][{b!r}] = {v}: an RTT must be between 0 and 10000 ms")
-            overrides[(a, b)] = overrides[(b, a)] = float(v)
+            for x in members.get(a, [a]):
+                for y in members.get(b, [b]):
+                    overrides[(x, y)] = overrides[(y, x)] = float(v)
     return Swarm(raw.coordinator, peers, overrides)
 
 

@@ -3,6 +3,7 @@ elsewhere, the live snapshot, plan previews and their one-line errors."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -13,6 +14,8 @@ from fastapi.testclient import TestClient  # noqa: E402
 from prismn.coordinator.app import create_app  # noqa: E402
 from prismn.coordinator.settings import Settings  # noqa: E402
 from prismn.dashboard import ROOT  # noqa: E402
+from prismn.identity import Identity  # noqa: E402
+from prismn.peer.agent import signed_headers  # noqa: E402
 
 TOKEN = "tok-dash"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -28,7 +31,9 @@ def client(tmp_path):
         for pid, lat, lon, zone, gpu in PEERS:
             body = {"id": pid, "lat": lat, "lon": lon, "zone": zone, "gpu": gpu, "free_vram_gb": 24,
                     "data_addr": "127.0.0.1:9"}
-            assert c.post("/v1/peers/join", json=body, headers=AUTH).status_code == 200
+            raw = json.dumps(body).encode()
+            headers = {**AUTH, **signed_headers(Identity.generate(), "POST", "/v1/peers/join", raw)}
+            assert c.post("/v1/peers/join", content=raw, headers=headers).status_code == 200
         yield c
 
 

@@ -89,6 +89,35 @@ def solve_milp(inst: Instance, objective: tuple[float, float], bound: tuple[str,
         return v
 
     lat, car = metric("latency"), metric("carbon")
+    if inst.carbon_scope == "reserved":
+        # f = A x W + B with A = sum alpha_p x_p: z_p = x_p x W is linear for binary x_p (big-M, exact)
+        HW = inst.hop_time_matrix(idx, inst.batch)
+        wall = np.zeros(nv)
+        wall[n] = inst.wall.per_layer
+        for r in ROLES:
+            wall[role[r]] += inst.wall.fixed[r]
+        for (a, b), k in arc_id.items():
+            wall[k] = HW[a, b]
+        finite = HW[np.isfinite(HW)]
+        big_m = float(L * inst.wall.per_layer.max() + sum(inst.wall.fixed[r].max() for r in ROLES) * P
+                      + finite.max() * (P + 1))
+        z0 = nv
+        nv += P
+        lo, hi, integrality = np.append(lo, np.zeros(P)), np.append(hi, np.full(P, big_m)), np.append(integrality, np.zeros(P))
+        rows[:] = [np.append(r_, np.zeros(P)) for r_ in rows]
+        wall, lat = np.append(wall, np.zeros(P)), np.append(lat, np.zeros(P))
+        car = np.zeros(nv)
+        car[n] = inst.reserved.per_layer
+        for r in ROLES:
+            car[role[r]] += inst.reserved.fixed[r]
+        for p in range(P):
+            car[z0 + p] = inst.alpha[p]
+            row = -wall.copy()  # z_p >= W - M (1 - x_p)
+            row[z0 + p] += 1.0
+            row[x[p]] -= big_m
+            rows.append(row)
+            lb.append(-big_m)
+            ub.append(np.inf)
     obj = objective[0] * lat + objective[1] * car
     # HiGHS stops at an absolute gap of 1e-6: scale the objective so that this is negligible
     typical = float(np.median(np.abs(obj[n]))) * L or 1.0

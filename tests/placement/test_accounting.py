@@ -111,7 +111,7 @@ def test_fixed_stage_terms_match_milp(seed, kind):
             from prismn.swarm import Measurement
             p.measurements = [Measurement(model=SPEC_1B.name, dtype="bf16", s_per_layer=4e-4 * (1 + i % 3),
                                           s_head=2e-3, s_step_fixed=3e-3 * (1 + i % 4))]
-    ours = plan_optimal(SPEC_1B, sw, Objective(kind))
+    ours = plan_optimal(SPEC_1B, sw, Objective(kind, carbon_scope="operational"))
     ref = solve_milp(Instance(SPEC_1B, sw), (1.0, 0.0) if kind == "latency" else (0.0, 1.0))
     if ref is None:
         assert ours.problems
@@ -173,3 +173,17 @@ def test_plan_cli_concurrency_reports_the_load_and_the_proof():
     text = subprocess.run([*args, "--concurrency", "8"], capture_output=True, text=True, timeout=120,
                           check=True).stdout
     assert "proof: optimal" in text and "at load (8 sequences per step" in text
+
+
+@pytest.mark.parametrize("scope", ["operational", "reserved"])
+def test_latency_ties_are_broken_by_carbon_exactly(swarm_factory, scope):
+    # two identical GPUs in different places whose measured RTTs to the client are equal: the same
+    # latency, but not interchangeable by place (the swap tie-break cannot see it); the exact one can
+    peers = [{"id": "dirty", "lat": 48.0, "lon": 2.0, "free_vram_gb": 24, "gpu": "RTX 4090", "carbon_intensity": 700.0},
+             {"id": "clean", "lat": 59.9, "lon": 10.7, "free_vram_gb": 24, "gpu": "RTX 4090",
+              "carbon_intensity": 20.0}]
+    sw = swarm_factory(peers, coordinator=(52.0, 5.0), rtt_ms={"client": {"dirty": 12.0, "clean": 12.0},
+                                                                "dirty": {"clean": 30.0}})
+    plan = plan_optimal(SPEC, sw, Objective("latency", carbon_scope=scope))
+    assert [s.peer for s in plan.stages] == ["clean"]
+    assert plan.notes["tie_break"] == "least carbon among equally fast plans (exact)"

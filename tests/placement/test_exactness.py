@@ -19,6 +19,7 @@ from .milp import solve_milp
 SPEC_1B = load_model_spec("meta-llama/Llama-3.2-1B", "bf16")  # 16 layers
 SPEC_8B = load_model_spec("meta-llama/Llama-3.1-8B", "int8")  # 32 layers
 REL = 1e-6
+OP = "operational"  # the additive scopes; the reserved default is tested in test_reserved.py
 
 CASES = [(seed, n) for seed, n in enumerate([6, 8, 10, 12, 14, 16, 18, 20, 24, 30] * 2)]
 
@@ -54,7 +55,7 @@ def test_single_objective_matches_milp(seed, n, kind):
     spec = SPEC_1B if seed % 2 else SPEC_8B
     sw = random_swarm(seed, n, vram=(0.3, 2.0) if spec is SPEC_1B else (0.8, 5.0), measured=3 if seed % 5 == 4 else 0)
     w = (1.0, 0.0) if kind == "latency" else (0.0, 1.0)
-    ref, ev = check(spec, sw, Objective(kind), w)
+    ref, ev = check(spec, sw, Objective(kind, carbon_scope=OP), w)
     if ref is not None:
         assert metric_of(ev, kind) == pytest.approx(metric_of(ref, kind), rel=REL)
 
@@ -71,11 +72,11 @@ def test_total_carbon_scope_matches_milp(seed, n):
 @pytest.mark.parametrize("slack", [1.02, 1.15, 1.6])
 def test_least_carbon_within_a_latency_budget_matches_milp(seed, n, slack):
     sw = random_swarm(200 + seed, n)
-    fastest = evaluate_plan(plan_optimal(SPEC_1B, sw, Objective("latency")), SPEC_1B, sw)
+    fastest = evaluate_plan(plan_optimal(SPEC_1B, sw, Objective("latency", carbon_scope=OP)), SPEC_1B, sw)
     if not fastest.feasible:
         pytest.skip("no plan fits this swarm")
     budget_ms = fastest.metrics["latency_ms_per_token"] * slack
-    ref, ev = check(SPEC_1B, sw, Objective("carbon", max_latency_ms=budget_ms), (0.0, 1.0),
+    ref, ev = check(SPEC_1B, sw, Objective("carbon", max_latency_ms=budget_ms, carbon_scope=OP), (0.0, 1.0),
                     ("latency", budget_ms / 1000.0))
     assert ev.metrics["latency_ms_per_token"] <= budget_ms * (1 + 1e-9)
     assert metric_of(ev, "carbon") == pytest.approx(metric_of(ref, "carbon"), rel=REL)
@@ -85,11 +86,11 @@ def test_least_carbon_within_a_latency_budget_matches_milp(seed, n, slack):
 @pytest.mark.parametrize("slack", [1.05, 2.0])
 def test_least_latency_within_a_carbon_budget_matches_milp(seed, n, slack):
     sw = random_swarm(300 + seed, n)
-    cleanest = evaluate_plan(plan_optimal(SPEC_1B, sw, Objective("carbon")), SPEC_1B, sw)
+    cleanest = evaluate_plan(plan_optimal(SPEC_1B, sw, Objective("carbon", carbon_scope=OP)), SPEC_1B, sw)
     if not cleanest.feasible:
         pytest.skip("no plan fits this swarm")
     budget = cleanest.metrics["gco2e_per_token"] * slack
-    ref, ev = check(SPEC_1B, sw, Objective("latency", max_gco2e=budget), (1.0, 0.0), ("carbon", budget))
+    ref, ev = check(SPEC_1B, sw, Objective("latency", max_gco2e=budget, carbon_scope=OP), (1.0, 0.0), ("carbon", budget))
     assert ev.metrics["gco2e_per_token"] <= budget * (1 + 1e-9)
     assert metric_of(ev, "latency") == pytest.approx(metric_of(ref, "latency"), rel=REL)
 
@@ -98,13 +99,13 @@ def test_least_latency_within_a_carbon_budget_matches_milp(seed, n, slack):
 @pytest.mark.parametrize("weight", [0.25, 0.75])
 def test_balanced_matches_milp(seed, n, weight):
     sw = random_swarm(400 + seed, n)
-    ours = plan_optimal(SPEC_1B, sw, Objective("balanced", weight=weight))
+    ours = plan_optimal(SPEC_1B, sw, Objective("balanced", weight=weight, carbon_scope=OP))
     if ours.problems:
         pytest.skip("no plan fits this swarm")
     norm = ours.notes["normalisers"]
     wl = (1 - weight) / (norm["latency_ms"] / 1000.0)
     wc = weight / norm["gco2e"]
-    ref = solve_milp(Instance(SPEC_1B, sw), (wl, wc))
+    ref = solve_milp(Instance(SPEC_1B, sw, carbon_scope=OP), (wl, wc))
     ev, ev_ref = evaluate_plan(ours, SPEC_1B, sw), evaluate_plan(ref, SPEC_1B, sw)
 
     def value(e):

@@ -15,6 +15,7 @@ from scipy.sparse.csgraph import dijkstra
 from prismn import geo
 from prismn.model import load_model_spec
 from prismn.placement import evaluate_plan
+from prismn.placement.costmodel import CUDA_CONTEXT_GB
 from prismn.placement.instance import Instance
 from prismn.placement.optimal import Objective, plan_optimal
 from prismn.swarm import parse_swarm
@@ -37,7 +38,7 @@ def swarm_with_rtts(seed: int, n: int, mode: str, vram=(0.3, 2.0)):
     values 0.5..120 ms on half the pairs, far from the estimate and violating the triangle inequality."""
     rng = random.Random(seed)
     peers = [{"id": f"p{i}", "lat": rng.uniform(35, 60) - (60 if rng.random() < 0.15 else 0),
-              "lon": rng.uniform(-10, 27), "free_vram_gb": round(rng.uniform(*vram), 2), "gpu": rng.choice(GPUS),
+              "lon": rng.uniform(-10, 27), "free_vram_gb": round(rng.uniform(*vram) + CUDA_CONTEXT_GB, 2), "gpu": rng.choice(GPUS),
               "carbon_intensity": round(rng.uniform(10, 800), 1), "pue": round(rng.uniform(1.0, 1.6), 2),
               "bandwidth_mbps": rng.choice([20.0, 100.0, 1000.0])} for i in range(n)]
     coord = {"lat": rng.uniform(35, 60), "lon": rng.uniform(-10, 30)}
@@ -91,9 +92,9 @@ def test_measured_rtts_match_milp(mode, seed, kind):
         if not fastest.feasible:
             pytest.skip("no plan fits")
         budget = fastest.metrics["latency_ms_per_token"] * 1.1
-        obj, w, bound = Objective("carbon", max_latency_ms=budget), (0.0, 1.0), ("latency", budget / 1000)
+        obj, w, bound = Objective("carbon", max_latency_ms=budget, carbon_scope="operational"), (0.0, 1.0), ("latency", budget / 1000)
     else:
-        obj, w, bound = Objective(kind), ((1.0, 0.0) if kind == "latency" else (0.0, 1.0)), None
+        obj, w, bound = Objective(kind, carbon_scope="operational"), ((1.0, 0.0) if kind == "latency" else (0.0, 1.0)), None
     ref = solve_milp(inst, w, bound)
     ours = plan_optimal(SPEC_1B, sw, obj)
     if ref is None:
@@ -112,7 +113,7 @@ def test_deep_carbon_plan_405b_on_32_peers_matches_milp(seed):
     from .conftest import random_swarm
 
     sw = random_swarm(seed, 32, vram=(20, 60))
-    ours = plan_optimal(SPEC_405B, sw, Objective("carbon"))
+    ours = plan_optimal(SPEC_405B, sw, Objective("carbon", carbon_scope="operational"))
     ev = evaluate_plan(ours, SPEC_405B, sw)
     ref = evaluate_plan(solve_milp(Instance(SPEC_405B, sw), (0.0, 1.0)), SPEC_405B, sw)
     assert ev.feasible and ours.notes["optimal"] is True
@@ -141,7 +142,7 @@ def test_ten_thousand_peers_with_measured_rtts_is_proven_in_bounded_memory(kind)
     sw = parse_swarm(add_measured_rtts(generate_swarm(10_000, 0), "knn"))
     tracemalloc.start()
     try:
-        plan = plan_optimal(SPEC_70B, sw, Objective(kind))
+        plan = plan_optimal(SPEC_70B, sw, Objective(kind, carbon_scope="operational"))
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()

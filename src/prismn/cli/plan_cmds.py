@@ -29,7 +29,9 @@ def register(app: typer.Typer) -> None:
         prompt_tokens: int = typer.Option(256, "--prompt-tokens", min=1, help="Prompt length for TTFT."),
         context: int = typer.Option(2048, "--context", min=1, help="Context each stage reserves KV cache for."),
         margin: float = typer.Option(0.10, "--margin", min=0.0, max=0.9, help="Fraction of free VRAM left unused."),
-        overhead_gb: float = typer.Option(0.0, "--overhead-gb", min=0.0, help="Fixed runtime overhead per peer (GiB)."),
+        overhead_gb: float = typer.Option(None, "--overhead-gb", min=0.0,
+                                          help="Fixed runtime overhead per peer (GiB); default: the GPU runtime's "
+                                               "context, 0.7 GiB on CUDA/ROCm GPUs, 0 on CPU and Apple peers."),
         concurrency: int = typer.Option(1, "--concurrency", min=1, max=4096,
                                         help="Sequences decoding together: KV for each; latency and carbon per "
                                              "token reported at that load."),
@@ -41,8 +43,11 @@ def register(app: typer.Typer) -> None:
                                      help="balanced: share of carbon, 0 = all latency, 1 = all carbon."),
         max_latency_ms: float = typer.Option(None, "--max-latency-ms", help="Least carbon within this latency."),
         max_gco2e: float = typer.Option(None, "--max-gco2e", help="Least latency within this gCO2e per token."),
-        carbon_scope: str = typer.Option("operational", "--carbon-scope",
-                                         help="operational (gco2e_per_token) or total (+ embodied + network)."),
+        carbon_scope: str = typer.Option("reserved", "--carbon-scope",
+                                         help="Carbon the objective counts: reserved (default: every used peer held "
+                                              "for the whole step at --concurrency, idle draw and embodied by wall "
+                                              "time, + network), operational (compute time only) or total "
+                                              "(compute-time operational + embodied + network)."),
         pareto: bool = typer.Option(False, "--pareto", help="The latency/carbon Pareto front of exact plans."),
         plot: Path = typer.Option(None, "--plot", help="With --pareto: draw the front (and the baselines) to PNG."),
         max_points: int = typer.Option(40, "--max-points", min=2, help="With --pareto: most points on the front."),
@@ -52,6 +57,8 @@ def register(app: typer.Typer) -> None:
             raise PlanError(f"--preference {preference!r} is unknown: use {' or '.join(PREFERENCES)}")
         if objective is not None and objective not in ("latency", "carbon", "balanced"):
             raise PlanError(f"--objective {objective!r} is unknown: use latency, carbon or balanced")
+        if carbon_scope not in ("reserved", "operational", "total"):
+            raise PlanError(f"--carbon-scope {carbon_scope!r} is unknown: use reserved, operational or total")
         if plot is not None and not pareto:
             raise PlanError("--plot draws the Pareto front: add --pareto")
         spec = load_model_spec(model, dtype)

@@ -63,12 +63,17 @@ def metrics_lines(ev: EvaluatedPlan) -> list[str]:
     ]
     if "concurrency" in m:
         lines.append(
-            f"at load ({m['concurrency']} sequence{'s' if m['concurrency'] > 1 else ''} per step, every peer reserved "
-            f"for the whole step): {m['latency_ms_per_token_at_load']:.1f} ms/token, "
+            f"reserved at load ({m['concurrency']} sequence{'s' if m['concurrency'] > 1 else ''} per step, every peer "
+            f"held for the whole step): {m['latency_ms_per_token_at_load']:.1f} ms/token, "
             f"{m['tokens_per_s_at_load']:.2f} tokens/s; {m['energy_j_per_token_at_load']:.2f} J/token; "
             f"{_fmt_g(m['gco2e_per_token_at_load'])} operational + {_fmt_g(m['gco2e_embodied_per_token_at_load'])} "
             f"embodied + {_fmt_g(m['gco2e_network_per_token_at_load'])} network = "
             f"{_fmt_g(m['gco2e_total_per_token_at_load'])} CO2e/token")
+    scope = ev.plan.notes.get("carbon_scope")
+    if scope and "objective" in ev.plan.notes:
+        what = {"reserved": "the reserved-at-load total above: operational + embodied + network",
+                "operational": "operational by compute time", "total": "compute-time total"}.get(scope, scope)
+        lines.append(f"carbon minimised: {scope} ({what})")
     lines.append(f"proof: {ev.proof}")
     route = " -> ".join([ev.hops[0]["from"], *(h["to"] for h in ev.hops)]) if ev.hops else "-"
     measured = sum(h["rtt_source"] == "measured" for h in ev.hops)
@@ -88,7 +93,7 @@ def print_plan(console: Console, ev: EvaluatedPlan) -> None:
 def comparison_table(evs: list[EvaluatedPlan], reference: EvaluatedPlan | None = None) -> Table:
     t = Table(title="strategies compared on one ruler (Prismn's evaluator)", title_justify="left")
     for col in ("strategy", "feasible", "peers", "ms/token", "TTFT ms", "J/token", "mgCO2e/token", "total mgCO2e/token",
-                "proof"):
+                "reserved mgCO2e/token", "proof"):
         t.add_column(col, justify="left" if col == "strategy" else "right")
     if reference is not None:
         t.add_column(f"latency / carbon vs {reference.plan.strategy}", justify="right")
@@ -97,7 +102,9 @@ def comparison_table(evs: list[EvaluatedPlan], reference: EvaluatedPlan | None =
         row = [plan_label(ev),
                "[green]yes[/green]" if ev.feasible else "[red]no[/red]", str(m["peers_used"]),
                f"{m['latency_ms_per_token']:.1f}", f"{m['ttft_ms']:.0f}", f"{m['energy_j_per_token']:.2f}",
-               f"{m['gco2e_per_token'] * 1e3:.3f}", f"{m['gco2e_total_per_token'] * 1e3:.3f}", ev.proof]
+               f"{m['gco2e_per_token'] * 1e3:.3f}", f"{m['gco2e_total_per_token'] * 1e3:.3f}",
+               f"{m['gco2e_total_per_token_at_load'] * 1e3:.3f}" if "gco2e_total_per_token_at_load" in m else "-",
+               ev.proof]
         if reference is not None:
             r = reference.metrics
             row.append(f"{m['latency_ms_per_token'] / r['latency_ms_per_token']:.2f}x / "

@@ -60,14 +60,19 @@ def _point(label: str, ev: EvaluatedPlan, kind: str, deploy: dict[str, Any]) -> 
     return {"label": label, "kind": kind, "deploy": deploy, **ev.to_json()}
 
 
+SCOPE = "operational"
+
+
 def preview(req: PreviewRequest, spec: ModelSpec, swarm: Swarm, deploy_model: str) -> dict[str, Any]:
     """What the page shows for one set of controls. `deploy` in each plan is the POST /v1/deployments
     body that asks the coordinator for that same plan (the coordinator re-plans on its free peers)."""
     if req.strategy not in strategy_names():
         raise PlanError(f"unknown strategy {req.strategy!r}: use one of {', '.join(strategy_names())}")
-    base = {"model": deploy_model, "name": spec.name, "dtype": spec.dtype}
+    # the page draws the front of compute-time (operational) carbon, so the slider's plan and every
+    # deploy body it offers use that scope too: what is deployed is the plan that was shown
+    base = {"model": deploy_model, "name": spec.name, "dtype": spec.dtype, "carbon_scope": SCOPE}
     preq = PlanRequest(objective="balanced", weight=req.weight, max_latency_ms=req.max_latency_ms,
-                       max_gco2e=req.max_gco2e)
+                       max_gco2e=req.max_gco2e, carbon_scope=SCOPE)
     chosen = make_plan(req.strategy, spec, swarm, preq)
     chosen_deploy = {**base, "strategy": req.strategy, "objective": "balanced", "weight": req.weight,
                      "max_latency_ms": req.max_latency_ms, "max_gco2e": req.max_gco2e}
@@ -81,7 +86,7 @@ def preview(req: PreviewRequest, spec: ModelSpec, swarm: Swarm, deploy_model: st
                               "feasible": False, "problems": [str(e)], "stages": [], "hops": [], "metrics": {}})
             continue
         baselines.append(_point(label, ev, "baseline", deploy))
-    front = pareto_front(spec, swarm, preq.cost, max_points=req.front_points)
+    front = pareto_front(spec, swarm, preq.cost, carbon_scope=SCOPE, max_points=req.front_points)
     # a Pareto point is the least carbon under its own latency: ask for exactly that (epsilon-constraint)
     points = [_point(f"pareto {i + 1}", ev, "pareto",
                      {**base, "strategy": "prismn", "objective": "carbon",

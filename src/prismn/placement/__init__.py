@@ -29,13 +29,16 @@ class PlanRequest:
     max_latency_ms: float | None = None
     max_gco2e: float | None = None
     cost: CostOptions = field(default_factory=CostOptions)
-    carbon_scope: str = "operational"  # operational (gco2e_per_token) | total (+ embodied + network)
+    # reserved (default): every used peer held for the whole step at the deployment's load, idle draw and
+    # embodied by wall time, plus network (gco2e_total_per_token_at_load); operational: compute time only
+    # (gco2e_per_token); total: compute-time operational + embodied + network (gco2e_total_per_token)
+    carbon_scope: str = "reserved"
 
     def __post_init__(self) -> None:
         if self.preference not in PREFERENCES:
             raise PlanError(f"unknown preference {self.preference!r}: use {' or '.join(PREFERENCES)}")
-        if self.carbon_scope not in ("operational", "total"):
-            raise PlanError(f"unknown carbon scope {self.carbon_scope!r}: use operational or total")
+        if self.carbon_scope not in ("reserved", "operational", "total"):
+            raise PlanError(f"unknown carbon scope {self.carbon_scope!r}: use reserved, operational or total")
 
 
 Strategy = Callable[[ModelSpec, Swarm, PlanRequest], Plan]

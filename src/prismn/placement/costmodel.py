@@ -22,7 +22,21 @@ from prismn.swarm import Peer
 
 ETA_MEM = 0.7  # achieved fraction of peak memory bandwidth in batch-1 decode (research §6/§7.3)
 ETA_COMPUTE = 0.5  # achieved fraction of dense fp16 peak FLOP/s
-LAUNCH_S = 30e-6  # per-layer kernel-launch floor of eager decode on a GPU
+# Per-layer CPU/launch overhead of eager (no CUDA graphs) batch-1 decode, added to the memory/compute
+# bound of every datasheet layer. Measured: Llama-3.1-8B on an H100 SXM5 takes 8.4 ms per decode step
+# eager and 5.1 ms captured as a CUDA graph, (8.4 - 5.1) / 32 layers = 103 us per layer (cloudai.pt,
+# "CUDA Graphs + torch.compile: 1.65x LLM Decode Speedup"); a naive eager loop is slower still:
+# Llama-2-7B on an A100-80GB runs 25.5 tok/s eager vs 107 tok/s compiled, (39.2 - 9.3) ms / 32 = 0.93 ms
+# per layer (PyTorch blog "Accelerating Generative AI with PyTorch II: GPT, Fast", 2023). We take the
+# lower, tuned figure; a peer's own measurement (s_per_layer, s_step_fixed) replaces it.
+LAUNCH_S = 100e-6
+# GPU memory a stage process loses to its CUDA context before any weight is loaded. Measured: 723 MiB
+# after the first CUDA tensor in PyTorch ("What is the reason for pytorch's GPU memory floor?", PyTorch
+# forums, 2020), "~700+ MB depending on the CUDA version and device" (PyTorch forums, "High gpu memory
+# overhead", 2020). Peers report free VRAM from NVML before their stage process starts
+# (prismn.peer.hardware), so the context comes out of it. Applied to CUDA/ROCm GPUs, not to CPU or Apple peers.
+CUDA_CONTEXT_GB = 0.7
+CONTEXT_VENDORS = ("nvidia", "amd")
 ACTIVE_POWER_FRACTION = 0.65  # decode draws well below TDP (research §6: 0.6-0.8 when loaded)
 IDLE_POWER_FRACTION = 0.2  # a GPU holding a stage, clocks up, waiting: ~20% of TDP (issue 9 audit; see
 # docs/placement.md for the range, 0.1-0.4 of TDP) unless the catalog gives the GPU's own idle_w
@@ -38,7 +52,9 @@ class CostOptions:
     prompt_tokens: int = 256  # prompt length for time-to-first-token and the decode context
     context_tokens: int = 2048  # KV cache each stage reserves (the context the plan promises)
     safety_margin: float = 0.10  # fraction of free VRAM left unused
-    overhead_gb: float = 0.0  # fixed per-peer runtime overhead (e.g. CUDA context) in GiB
+    # fixed per-peer runtime overhead in GiB; None: the GPU's runtime context (CUDA_CONTEXT_GB on CUDA/ROCm
+    # GPUs, 0 on CPU and Apple peers)
+    overhead_gb: float | None = None
     hop_overhead_ms: float = 0.8  # per hop inside the real pipeline on CPU (benchmarks/runtime.py: ~0.7-0.9)
     k_net_kwh_per_gb: float = 0.002  # marginal network energy (research §6); 0.059 is the allocational figure
     use_measurements: bool = True  # prefer a peer's measured layer time over datasheet estimates
@@ -51,6 +67,8 @@ class CostOptions:
             raise ValueError("prompt_tokens and context_tokens must be >= 1")
         if self.concurrency < 1:
             raise ValueError("concurrency must be >= 1")
+        if self.overhead_gb is not None and self.overhead_gb < 0:
+            raise ValueError("overhead_gb must be >= 0")
 
 
 class CostModel:
@@ -167,8 +185,14 @@ class CostModel:
             workspace += s.vocab * 4.0  # last-position logits in fp32
         return weights + kv + workspace
 
+    def overhead_gb(self, peer: Peer) -> float:
+        """Fixed runtime overhead of a stage process on this peer (GiB): the option, else its GPU's context."""
+        if self.opt.overhead_gb is not None:
+            return self.opt.overhead_gb
+        return CUDA_CONTEXT_GB if peer.gpu.vendor in CONTEXT_VENDORS else 0.0
+
     def usable_bytes(self, peer: Peer) -> float:
-        return max(0.0, (peer.free_vram_gb * (1 - self.opt.safety_margin) - self.opt.overhead_gb) * GIB)
+        return max(0.0, (peer.free_vram_gb * (1 - self.opt.safety_margin) - self.overhead_gb(peer)) * GIB)
 
     def max_layers(self, peer: Peer, embedding: bool, head: bool) -> int:
         """Most whole layers this peer can hold with the given extras (-1: not even the extras fit)."""

@@ -81,7 +81,7 @@ def evaluate_plan(
             problems.append(
                 f"stage {i + 1} on {peer.id!r} needs {need / GIB:.2f} GiB but only {usable / GIB:.2f} GiB is usable "
                 f"({peer.free_vram_gb:.2f} free x (1 - {opt.safety_margin:g})"
-                + (f" - {opt.overhead_gb:g} overhead" if opt.overhead_gb else "")
+                + (f" - {cm.overhead_gb(peer):g} runtime overhead" if cm.overhead_gb(peer) else "")
                 + f"): short by {(need - usable) / GIB:.2f} GiB"
             )
         t = s.n_layers * cm.layer_time_s(peer) + cm.stage_fixed_s(peer)

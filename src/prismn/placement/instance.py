@@ -32,7 +32,7 @@ from prismn.placement.costmodel import (
 from prismn.swarm import CLIENT, Swarm
 
 ROLES = ("only", "first", "middle", "last")  # only = one stage holds embedding, all layers and head
-CARBON_SCOPES = ("operational", "total")
+CARBON_SCOPES = ("reserved", "operational", "total")  # reserved: the default, see docs/placement.md
 
 
 def haversine_pairs_km(lat_a: np.ndarray, lon_a: np.ndarray, lat_b: np.ndarray, lon_b: np.ndarray) -> np.ndarray:
@@ -91,6 +91,7 @@ class Instance:
         self.lat = np.array([p.lat for p in peers])
         self.lon = np.array([p.lon for p in peers])
         self.free = np.array([p.free_vram_gb for p in peers])
+        self.overhead = np.array([cm.overhead_gb(p) for p in peers]) if n else np.zeros(0)
 
         # ---- memory: the most whole layers a peer holds in each role (CostModel.max_layers) -------
         self.caps = {role: self._caps(*flags) for role, flags in
@@ -132,6 +133,33 @@ class Instance:
             {"only": (fx + et + ht) * rate + net["only"], "first": (fx + et) * rate + net["first"],
              "middle": fx * rate + net["middle"], "last": (fx + ht) * rate + net["last"]}, 0.0)
 
+        # ---- reserved energy at the deployment's load (the default carbon scope, evaluator.at_load_metrics):
+        # per token, f = A(set) x W(plan) + B(plan) with W the wall time of one step at batch b,
+        #   A = sum_i (idle_i x I_i / 3.6e6 + embodied_i) / b   (every used peer is reserved for W)
+        #   B = sum_i (active_i - idle_i) x t_i(b) x I_i / 3.6e6 / b + network carbon (per-role terms)
+        b = self.opt.concurrency
+        self.batch = b
+        bf, hbf = np.ones(n), np.ones(n)
+        if b > 1:
+            fac: dict[str, tuple[float, float]] = {}
+            for i, p in enumerate(peers):
+                f = fac.get(p.gpu.name)
+                if f is None:
+                    f = fac[p.gpu.name] = (cm.batch_factor(p, b), cm.head_batch_factor(p, b))
+                bf[i], hbf[i] = f
+        lw, hw = lt * bf, ht * hbf
+        self.wall = Metric("wall", lw, {"only": fx + et + hw, "first": fx + et, "middle": fx.copy(),
+                                        "last": fx + hw}, 1.0)
+        self.idle_power = self._idle_power(peers)
+        self.alpha = (self.idle_power * self.intensity / 3.6e6 + self.embodied) / b
+        rate_b = (self.power - self.idle_power) * self.intensity / 3.6e6 / b
+        net_all = {"only": 2 * j_tok * self.intensity / 3.6e6,
+                   "first": (j_tok + j_act / 2) * self.intensity / 3.6e6,
+                   "middle": j_act * self.intensity / 3.6e6,
+                   "last": (j_tok + j_act / 2) * self.intensity / 3.6e6}
+        self.reserved = Metric("reserved", lw * rate_b, {r: self.wall.fixed[r] * rate_b + net_all[r] for r in ROLES},
+                               0.0)
+
     # ------------------------------------------------------------------------------------------------
     def _power(self, peers) -> np.ndarray:
         # same expression and order as CostModel.power_w: tdp * ACTIVE * HOST * pue
@@ -140,6 +168,12 @@ class Instance:
         tdp = np.array([p.gpu.tdp_w for p in peers])
         pue = np.array([p.pue for p in peers])
         return tdp * ACTIVE_POWER_FRACTION * HOST_OVERHEAD * pue
+
+    def _idle_power(self, peers) -> np.ndarray:
+        out = np.empty(len(peers))
+        for i, p in enumerate(peers):
+            out[i] = CostModel.idle_power_w(p)
+        return out
 
     def _embodied(self, peers) -> np.ndarray:
         cache: dict[str, float] = {}
@@ -154,7 +188,7 @@ class Instance:
     def _caps(self, embedding: bool, head: bool) -> np.ndarray:
         """Vectorised CostModel.max_layers, checked against stage_bytes exactly as the evaluator checks."""
         cm, s = self.cm, self.spec
-        usable = np.maximum(0.0, (self.free * (1 - self.opt.safety_margin) - self.opt.overhead_gb) * GIB)
+        usable = np.maximum(0.0, (self.free * (1 - self.opt.safety_margin) - self.overhead) * GIB)
         base = cm.stage_bytes(0, embedding, head)
         first = cm.stage_bytes(1, embedding, head)
         per_layer = s.layer_bytes + cm.kv_layer_bytes
@@ -211,10 +245,11 @@ class Instance:
             m[ra[hit], rb[hit]] = self.ovr_v[hit]
         return m
 
-    def hop_time_matrix(self, idx: np.ndarray) -> np.ndarray:
+    def hop_time_matrix(self, idx: np.ndarray, batch: int = 1) -> np.ndarray:
         """(m+1) x (m+1) hop times in seconds among peers `idx`; the last row/column is the client.
 
-        Same expression as CostModel.hop_time_s with the evaluator's bytes and bandwidth rules.
+        Same expression as CostModel.hop_time_s with the evaluator's bytes and bandwidth rules; `batch`
+        sequences' bytes per hop (the wall time at the deployment's load).
         """
         full = np.concatenate([idx, [-1]])
         rtt = self.rtt_ms(full, full)
@@ -224,6 +259,8 @@ class Instance:
         nbytes = np.full((m + 1, m + 1), float(self.act_bytes))
         nbytes[m, :] = TOKEN_ID_BYTES
         nbytes[:, m] = TOKEN_ID_BYTES
+        if batch != 1:
+            nbytes = nbytes * batch
         h = rtt / 2000.0 + (nbytes + FRAME_HEADER_BYTES) * 8 / (pair_bw * 1e6) + self.opt.hop_overhead_ms / 1000.0
         np.fill_diagonal(h, np.inf)  # a peer never hands over to itself; client -> client is no plan
         return h

@@ -5,12 +5,16 @@ sum n_i = L and n_i <= cap(p_i, role_i) (CostModel.max_layers: the first stage a
 embedding, the last the LM head, a single stage both), minimising the evaluator's own metric for the
 loop client -> p1 -> ... -> pk -> client:
   * objective `latency`: latency_ms_per_token;
-  * objective `carbon`: gco2e_per_token (operational; `carbon_scope="total"` adds embodied and
-    network carbon, i.e. gco2e_total_per_token);
+  * objective `carbon`: by default the reserved carbon at the deployment's load,
+    gco2e_total_per_token_at_load (every used peer held for the whole step: idle draw x wall time +
+    extra draw while computing, x PUE, embodied by wall time, + network; solved by reserved.py, since
+    it is A(set) x W(plan) + B, not additive); `carbon_scope="operational"` minimises compute-time
+    gco2e_per_token, `carbon_scope="total"` compute-time gco2e_total_per_token;
   * objective `balanced`, weight w in [0, 1]:  (1 - w) * latency / latency* + w * carbon / carbon*,
     with latency* and carbon* the two single-objective optima (so both terms are 1 at their best);
   * bounds: least carbon with latency <= max_latency_ms, least latency with carbon <= max_gco2e.
-Ties are broken by the other metric (carbon for latency, latency for carbon and balanced).
+Ties are broken by the other metric (carbon for latency, exactly: `exact_tie_break`; latency for
+carbon and balanced).
 
 How (all steps are exact, see search.py for the search itself):
   1. per-peer costs as arrays (instance.py), the same numbers the evaluator computes;
@@ -36,7 +40,7 @@ import numpy as np
 from prismn.errors import PlanError
 from prismn.model import GIB, ModelSpec
 from prismn.placement.costmodel import CostOptions
-from prismn.placement.instance import ROLES, Instance
+from prismn.placement.instance import CARBON_SCOPES, ROLES, Instance
 from prismn.placement.knapsack import solve_order_free
 from prismn.placement.plan import Plan, Stage
 from prismn.placement.search import INF, Costs, Result, Search, dssr, relaxed_bounds, through_bounds
@@ -49,6 +53,9 @@ DSSR_CELLS = 2e9  # most cells of one relaxation table (decremental state-space 
 SEED_THETA, SEED_POPS = 6, 2_000
 SEARCH_POPS = 10_000  # labels one best-first search may expand (the slowest seen here: ~80 s)
 STRATEGY = "prismn"
+# the evaluator's metric each carbon scope minimises
+CARBON_METRICS = {"reserved": "gco2e_total_per_token_at_load", "operational": "gco2e_per_token",
+                  "total": "gco2e_total_per_token"}
 
 
 @dataclass(frozen=True)
@@ -57,9 +64,11 @@ class Objective:
     weight: float = 0.5  # balanced: share of carbon
     max_latency_ms: float | None = None
     max_gco2e: float | None = None
-    carbon_scope: str = "operational"
+    carbon_scope: str = "reserved"  # reserved (default) | operational | total, see docs/placement.md
 
     def __post_init__(self) -> None:
+        if self.carbon_scope not in CARBON_SCOPES:
+            raise PlanError(f"unknown carbon scope {self.carbon_scope!r}: use {', '.join(CARBON_SCOPES)}")
         if self.kind not in OBJECTIVES:
             raise PlanError(f"unknown objective {self.kind!r}: use {', '.join(OBJECTIVES)}")
         if not 0.0 <= self.weight <= 1.0:
@@ -72,7 +81,7 @@ class Objective:
 
     @property
     def carbon_metric(self) -> str:
-        return "gco2e_total_per_token" if self.carbon_scope == "total" else "gco2e_per_token"
+        return CARBON_METRICS[self.carbon_scope]
 
     def label(self) -> str:
         s = self.kind + (f" (weight {self.weight:g})" if self.kind == "balanced" else "")
@@ -93,7 +102,7 @@ def objective_from_request(req) -> Objective:
         else:
             kind = "carbon" if req.preference == "low-carbon" else "latency"
     return Objective(kind, req.weight, req.max_latency_ms, req.max_gco2e,
-                     getattr(req, "carbon_scope", "operational"))
+                     getattr(req, "carbon_scope", "reserved"))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -185,7 +194,7 @@ class Engine:
         return int(max(1, min(L, math.floor(k + 1e-9))))
 
     # ---- dominance ---------------------------------------------------------------------------------
-    def dominance_prune(self, idx: np.ndarray, K: int) -> np.ndarray:
+    def dominance_prune(self, idx: np.ndarray, K: int, reserved: bool = False) -> np.ndarray:
         """Drop peers that K others at the same location beat or match in every term (see module doc)."""
         inst = self.inst
         if len(idx) <= K:
@@ -194,6 +203,9 @@ class Engine:
         cols = [lat.per_layer, lat.fixed["first"], lat.fixed["last"], lat.fixed["only"],
                 car.per_layer] + [car.fixed[r] for r in ROLES] + \
                [-inst.caps[r].astype(float) for r in ROLES] + [-inst.bw]
+        if reserved:  # every term of A x W + B too: the peer's reservation rate, wall and B terms
+            cols += [inst.alpha, inst.wall.per_layer, inst.reserved.per_layer] + \
+                [inst.wall.fixed[r] for r in ROLES] + [inst.reserved.fixed[r] for r in ROLES]
         A = np.stack([c[idx] for c in cols], axis=1)  # smaller is better in every column
         scale = np.abs(A).max(axis=0)
         scale[scale == 0] = 1.0
@@ -219,8 +231,24 @@ class Engine:
 
     # ---- one exact solve -----------------------------------------------------------------------------
     def solve(self, wl: float, wc: float, s_metric: str, bound_s: float | None = None,
-              max_pops: int = SEARCH_POPS, max_cells: float = DSSR_CELLS) -> Solution | None:
+              max_pops: int | None = None, max_cells: float = DSSR_CELLS) -> Solution | None:
         """Lexicographic min of (wl*latency + wc*carbon, S) with S = latency|carbon, S <= bound_s.
+
+        In the reserved scope (the default) carbon is A x W + B, not additive: any problem whose
+        objective or bound involves carbon goes to the exact product search (reserved.py); the
+        fastest plan alone stays the additive latency search (its carbon is then only reported)."""
+        if self.inst.carbon_scope == "reserved" and (wc or (s_metric == "carbon" and bound_s is not None)):
+            from prismn.placement.reserved import RESERVED_POPS, solve_reserved
+
+            bl = bound_s if s_metric == "latency" else None
+            bf = bound_s if s_metric == "carbon" else None
+            return solve_reserved(self, wl, wc, bl, bf, RESERVED_POPS if max_pops is None else max_pops)
+        return self.solve_linear(wl, wc, s_metric, bound_s, SEARCH_POPS if max_pops is None else max_pops,
+                                 max_cells)
+
+    def solve_linear(self, wl: float, wc: float, s_metric: str, bound_s: float | None = None,
+                     max_pops: int = SEARCH_POPS, max_cells: float = DSSR_CELLS) -> Solution | None:
+        """solve() for additive metrics: latency, and carbon in the operational and total scopes.
 
         Budgets are deterministic: max_pops labels expanded, max_cells DP-table cells per relaxation."""
         self.cells = max_cells
@@ -407,7 +435,25 @@ class Engine:
             car += n * inst.carbon.per_layer[p] + inst.carbon.fixed[r][p]
             prev = k
         lat += W[prev, m]
+        if inst.carbon_scope == "reserved":
+            car = self.reserved_carbon(stages)
         return lat, car
+
+    def reserved_carbon(self, stages: list[tuple[int, int, str]]) -> float:
+        """A x W + B of a plan (grams per token at the deployment's load, every peer reserved)."""
+        inst = self.inst
+        idx = np.array([p for p, _, _ in stages])
+        H = inst.hop_time_matrix(idx, inst.batch)
+        m = len(idx)
+        wall = A = B = 0.0
+        prev = m
+        for k, (p, n, r) in enumerate(stages):
+            wall += n * inst.wall.per_layer[p] + inst.wall.fixed[r][p] + H[prev, k]
+            A += inst.alpha[p]
+            B += n * inst.reserved.per_layer[p] + inst.reserved.fixed[r][p]
+            prev = k
+        wall += H[prev, m]
+        return A * wall + B
 
     # ---- diagnosis -------------------------------------------------------------------------------------
     def why_infeasible(self) -> str:
@@ -523,7 +569,7 @@ def polish_order(engine: Engine, sol: Solution) -> Solution:
     order = best_order(engine.inst.hop_time_matrix(idx), len(st))
     stages = [st[i] for i in order]
     lat, car = engine._metrics(stages)
-    if lat < sol.latency_s:
+    if lat < sol.latency_s and car <= sol.carbon_g * (1 + 1e-12):
         return Solution(stages, lat, car, sol.proven, sol.value, {**sol.stats, "reordered_for_latency": True})
     return sol
 
@@ -540,11 +586,16 @@ def break_tie(engine: Engine, sol: Solution) -> Solution:
     key = np.stack([inst.lat, inst.lon, inst.lt, inst.et, inst.ht, inst.fx, inst.bw], axis=1)
     used = {p for p, _, _ in sol.stages}
     stages = list(sol.stages)
+    reserved = inst.carbon_scope == "reserved"
+    wall = sol.latency_s if reserved else 0.0  # the ranking only: the swap is judged exactly below
     for k, (p, n, role) in enumerate(stages):
         if inst.rtt_measured[p]:
             continue
         same = np.nonzero(np.all(key == key[p], axis=1) & ~inst.rtt_measured & (inst.caps[role] >= n))[0]
-        rate = n * inst.carbon.per_layer[same] + inst.carbon.fixed[role][same]
+        if reserved:  # the same wall time: a peer's share is alpha x W + its own B terms
+            rate = n * inst.reserved.per_layer[same] + inst.reserved.fixed[role][same] + inst.alpha[same] * wall
+        else:
+            rate = n * inst.carbon.per_layer[same] + inst.carbon.fixed[role][same]
         for q in same[np.argsort(rate, kind="stable")]:
             q = int(q)
             if q == p or q in used:
@@ -556,7 +607,7 @@ def break_tie(engine: Engine, sol: Solution) -> Solution:
             stages[k] = (q, n, role)
             break
     # layers between two stages whose peers take the same time per layer: moving them keeps latency
-    rate = inst.carbon.per_layer
+    rate = inst.reserved.per_layer if reserved else inst.carbon.per_layer
     moved = True
     while moved:
         moved = False
@@ -577,6 +628,27 @@ def break_tie(engine: Engine, sol: Solution) -> Solution:
     return Solution(stages, lat, car, sol.proven, sol.value, {**sol.stats, "tie_break": "less carbon at the same latency"})
 
 
+TIE_POPS = 200  # labels of the exact latency tie-break (least carbon at the optimal latency)
+
+
+def exact_tie_break(engine: Engine, sol: Solution, info: dict) -> Solution:
+    """Least carbon among the plans whose latency equals the optimum (1e-12 relative): the bounded
+    problem with the bound at the optimum, solved exactly. Only peers whose latency lower bound meets
+    the optimum take part, so it is small; within its label budget it is proven, else the swap
+    tie-break (break_tie) stands and the notes say the tie-break was not proven."""
+    if engine.inst.carbon_scope == "reserved" and not hasattr(engine, "_fastest"):
+        engine._fastest = sol  # the proven fastest plan: the reserved search's wall-time floor and incumbent
+    tb = engine.solve(0.0, 1.0, "latency", sol.latency_s * (1 + 1e-12), max_pops=TIE_POPS)
+    if tb is None or not tb.proven:
+        info["tie_break"] = "carbon among equally fast plans: swap heuristic only (exact search hit its budget)"
+        return sol
+    info["tie_break"] = "least carbon among equally fast plans (exact)"
+    if tb.carbon_g < sol.carbon_g and tb.latency_s <= sol.latency_s * (1 + 1e-12):
+        return Solution(tb.stages, tb.latency_s, tb.carbon_g, sol.proven, sol.value,
+                        {**sol.stats, "tie_break": "less carbon at the same latency (exact)"})
+    return sol
+
+
 # ---------------------------------------------------------------------------------------------------
 def solve_objective(engine: Engine, obj: Objective) -> tuple[Solution | None, dict]:
     """Solve one objective; returns the solution and what the notes should say about it."""
@@ -587,6 +659,8 @@ def solve_objective(engine: Engine, obj: Objective) -> tuple[Solution | None, di
         sol = engine.solve(1.0, 0.0, "carbon", bc)
         if sol is not None and sol.proven:
             sol = break_tie(engine, sol)
+            if bc is None:
+                sol = exact_tie_break(engine, sol, info)
         if sol is not None and bl is not None and sol.latency_s > bl * (1 + 1e-12):
             info["bound_missed"] = f"the fastest plan takes {sol.latency_s * 1e3:.2f} ms > --max-latency-ms {obj.max_latency_ms:g}"
             return None, info

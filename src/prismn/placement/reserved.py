@@ -1,0 +1,450 @@
+"""Exact least reserved carbon: every peer of a plan is held for the whole decode step.
+
+Per token at the deployment's load b (evaluator.at_load_metrics), a plan's carbon is
+
+    f = A(set) x W(plan) + B(plan)
+    A = sum_i (P_idle_i x I_i / 3.6e6 + embodied_i) / b     per used peer, whatever its layers
+    W = wall time of one step at batch b: sum of stage step times + every hop carrying b activations
+    B = sum_i (P_active_i - P_idle_i) x t_i(b) x I_i / 3.6e6 / b + network carbon (per-role terms)
+
+a product of two sums, which no additive shortest-path or knapsack formulation minimises. It is solved
+exactly by a best-first (A*) search over elementary partial plans (layers placed j, last peer p, used
+set, partial A, W, B and batch-1 latency), with
+
+  * an admissible bound: with Ŵ = max(W + h_W(j, p), Ω0) a lower bound on the finished plan's wall
+    time (h_W the relaxed cost-to-go of the wall time, Ω0 the fastest plan's latency, which no plan's
+    wall time at any load undercuts), f_final >= A_final x Ŵ + B_final >= A x Ŵ + B + G_Ŵ(j), where
+    G_ω(j) = the least ω x ΔA + ΔB of any way to place the remaining layers (peers may repeat: a
+    relaxation). G_ω is concave in ω (a minimum of lines), so interpolating it between grid points
+    stays a lower bound;
+  * dominance: at the same (j, p), a label no worse in A, W, B and latency that used a subset of the
+    peers makes the other one useless (f grows with each of them);
+  * an incumbent from the fastest plan and from order-free knapsacks of ω x A + B (ordered for wall
+    time), and a filter dropping every peer whose own lower bound exceeds it.
+
+The first label popped whose bound reaches the incumbent proves it optimal. The budget is in labels
+(deterministic); past it the plan says how far it may be from the proven bound.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+
+import numpy as np
+
+from prismn.placement.instance import ROLES
+from prismn.placement.knapsack import solve_order_free
+from prismn.placement.search import INF, Costs, relaxed_bounds
+
+FASTEST_POPS, FASTEST_CELLS = 300, 2e8  # budget of the fastest-plan solve that gives the wall-time floor
+MAX_CANDIDATES = 1_200  # peers the search itself takes (best lower bounds first); beyond: not proven
+TIE_POPS = 500  # labels of the incumbent "least carbon among the fastest plans"
+RESERVED_LABELS = 60_000  # labels one search may create (deterministic; bounds memory and dominance checks)
+RESERVED_POPS = 2_000  # labels one search may expand (deterministic budget; ~10 ms each at 800 candidates)
+OMEGA_GRID = 12  # wall-time grid points (Ω0 .. 8 Ω0, geometric) of the order-free cost-to-go tables
+UB_OMEGAS = (1.0, 1.25, 1.6, 2.0, 3.0)  # knapsack incumbents at ω = Ω0 x these
+UB_PEERS = 120  # most peers (best lower bounds first) the incumbent knapsacks look at
+
+
+def _togo_orderfree(R: np.ndarray, Fm: np.ndarray, Fl: np.ndarray, capM: np.ndarray, capL: np.ndarray,
+                    L: int) -> np.ndarray:
+    """G[j]: least cost of placing layers j..L-1 as middle stages then one last stage (peers may repeat)."""
+    G = np.full(L + 1, INF)
+    for j in range(L - 1, 0, -1):
+        n_last = L - j
+        v = np.where(capL >= n_last, n_last * R + Fl, INF).min(initial=INF)
+        nmax = L - 1 - j
+        if nmax >= 1:
+            ns = np.arange(1, nmax + 1)[:, None]
+            cand = np.where(ns <= capM[None, :], Fm[None, :] + ns * R[None, :], INF) + G[j + 1:j + 1 + nmax, None]
+            v = min(v, float(cand.min(initial=INF)))
+        G[j] = v
+    return G
+
+
+class ReservedSearch:
+    """min wl x latency + wc x f over elementary plans on candidates `idx`, with optional latency <= bl
+    and f <= bf (f the reserved carbon per token)."""
+
+    def __init__(self, inst, idx: np.ndarray, wl: float, wc: float, omega0: float,
+                 bl: float | None = None, bf: float | None = None):
+        self.inst, self.idx, self.L = inst, idx, inst.L
+        self.wl, self.wc = wl, wc
+        self.bl = INF if bl is None else bl * (1 + 1e-12)
+        self.bf = INF if bf is None else bf * (1 + 1e-12)
+        m = self.m = len(idx)
+        self.caps = {r: inst.caps[r][idx] for r in ROLES}
+        self.HL = inst.hop_time_matrix(idx)
+        self.HW = self.HL if inst.batch == 1 else inst.hop_time_matrix(idx, inst.batch)
+        self.Rl, self.Fl = inst.latency.per_layer[idx], {r: inst.latency.fixed[r][idx] for r in ROLES}
+        self.Rw, self.Fw = inst.wall.per_layer[idx], {r: inst.wall.fixed[r][idx] for r in ROLES}
+        self.Rb, self.Fb = inst.reserved.per_layer[idx], {r: inst.reserved.fixed[r][idx] for r in ROLES}
+        self.alpha = inst.alpha[idx]
+        self.omega0 = omega0
+        bw = relaxed_bounds(Costs(self.Rw, self.Fw, self.HW), self.caps, self.L)
+        self.hW = bw.dp
+        self.hL = bw.dp if inst.batch == 1 else relaxed_bounds(Costs(self.Rl, self.Fl, self.HL), self.caps, self.L).dp
+        self.omegas = omega0 * np.geomspace(1.0, 8.0, OMEGA_GRID) if omega0 > 0 else np.zeros(1)
+        capM, capL = self.caps["middle"], self.caps["last"]
+        self.G = np.stack([_togo_orderfree(self.Rb, om * self.alpha + self.Fb["middle"],
+                                           om * self.alpha + self.Fb["last"], capM, capL, self.L)
+                           for om in self.omegas]) if m else np.zeros((1, self.L + 1))
+        self.ns = np.arange(1, self.L + 1)
+        self.a_grid = None
+
+    def weighted_tables(self, a_hi: float) -> None:
+        """T[a, ω, j] <= min over completions of a x ΔW + ω x ΔA + ΔB (see `_G2`): a fractional fill of
+        the remaining layers where each peer's per-stage terms (its reservation ω x alpha, its fixed
+        step time, its least incoming hop and B) are amortised over its capacity, plus the least last-
+        stage extra and the least hop back to the client. O(grid x m log m)."""
+        m, L = self.m, self.L
+        if not m or not a_hi > 0:
+            return
+        capM = np.maximum(self.caps["middle"], 1).astype(float)
+        H = self.HW[:m, :m]
+        hin = np.min(np.where(np.isfinite(H), H, INF), axis=0) if m > 1 else np.full(m, INF)
+        hin = np.where(np.isfinite(hin), hin, 0.0)
+        to_client = float(self.HW[:m, m].min())
+        okL = self.caps["last"] >= 1
+        a_min = float(self.alpha.min())
+        self.a_grid = np.concatenate([[0.0], np.geomspace(min(a_min, a_hi), a_hi, 5)])
+        T = np.full((len(self.a_grid), len(self.omegas), L + 1), INF)
+        for ia, a in enumerate(self.a_grid):
+            extra = a * (self.Fw["last"] - self.Fw["middle"]) + self.Fb["last"] - self.Fb["middle"]
+            last_extra = float(extra[okL].min()) if okL.any() else INF
+            for iw, om in enumerate(self.omegas):
+                rate = a * self.Rw + self.Rb + (om * self.alpha + a * (self.Fw["middle"] + hin) + self.Fb["middle"]) / capM
+                order = np.argsort(rate, kind="stable")
+                cnt = np.minimum(self.caps["middle"][order], L)
+                per_layer = np.repeat(rate[order], np.maximum(cnt, 0))[:L]
+                fill = np.full(L + 1, INF)
+                fill[0] = 0.0
+                fill[1:len(per_layer) + 1] = np.cumsum(per_layer)
+                js = np.arange(L + 1)
+                T[ia, iw] = fill[L - js] + a * to_client + last_extra
+        T[:, :, L] = INF
+        self.T = T
+
+    def _G2(self, a: np.ndarray, w: np.ndarray, j: np.ndarray) -> np.ndarray:
+        """Bilinear interpolation of T (concave in (a, ω): a minimum of linear functions), a lower bound."""
+        ag, om = self.a_grid, self.omegas
+        a = np.clip(a, ag[0], ag[-1])
+        w = np.clip(w, om[0], om[-1])
+        ka = np.clip(np.searchsorted(ag, a, side="right") - 1, 0, len(ag) - 2)
+        s = (a - ag[ka]) / (ag[ka + 1] - ag[ka])
+        if len(om) > 1:
+            kw = np.clip(np.searchsorted(om, w, side="right") - 1, 0, len(om) - 2)
+            t = (w - om[kw]) / (om[kw + 1] - om[kw])
+        else:
+            kw, t = np.zeros_like(ka), np.zeros_like(a)
+        kw1 = np.minimum(kw + 1, len(om) - 1)
+        T = self.T
+        v = ((1 - s) * (1 - t) * T[ka, kw, j] + s * (1 - t) * T[ka + 1, kw, j]
+             + (1 - s) * t * T[ka, kw1, j] + s * t * T[ka + 1, kw1, j])
+        return np.where(np.isfinite(v), v, -INF)
+
+    def _G(self, what: np.ndarray, j: np.ndarray) -> np.ndarray:
+        """Lower bound on G_what(j), elementwise: interpolation of the concave G between grid points."""
+        om = self.omegas
+        if len(om) == 1:
+            return self.G[0][j]
+        w = np.clip(what, om[0], om[-1])
+        k = np.clip(np.searchsorted(om, w, side="right") - 1, 0, len(om) - 2)
+        t = (w - om[k]) / (om[k + 1] - om[k])
+        g0, g1 = self.G[k, j], self.G[k + 1, j]
+        return np.where(np.isfinite(g0) & np.isfinite(g1), g0 + t * (g1 - g0), np.minimum(g0, g1))
+
+    def cost(self, path: list[tuple[int, int, str]]) -> tuple[float, float, float]:
+        """(latency s, wall s, f g) of a path over candidate indices, in route order."""
+        m = self.m
+        src, lat, W, A, B = m, 0.0, 0.0, 0.0, 0.0
+        for q, n, r in path:
+            lat += self.HL[src, q] + self.Fl[r][q] + n * self.Rl[q]
+            W += self.HW[src, q] + self.Fw[r][q] + n * self.Rw[q]
+            A += self.alpha[q]
+            B += self.Fb[r][q] + n * self.Rb[q]
+            src = q
+        lat += self.HL[src, m]
+        W += self.HW[src, m]
+        return lat, W, A * W + B
+
+    def run(self, incumbent: list[tuple[int, int, str]] | None, max_pops: int = RESERVED_POPS):
+        """Returns (path, primary, proven, lower bound, pops) or None when no plan meets the bounds."""
+        L, m, caps = self.L, self.m, self.caps
+        wl, wc = self.wl, self.wc
+        best_val, best_sec, best_path = INF, INF, None
+        if incumbent is not None:
+            lat, _, f = self.cost(incumbent)
+            if lat <= self.bl and f <= self.bf:
+                best_val, best_sec, best_path = wl * lat + wc * f, (lat if wc else f), list(incumbent)
+        tol = 1e-12
+        # label arrays
+        J, Pp, V, LA, WA, AA, BA, PAR, N, ROLE = [0], [-1], [0], [0.0], [0.0], [0.0], [0.0], [-1], [0], [""]
+        buckets: dict[tuple[int, int], list[int]] = {}
+        dead: set[int] = set()
+        heap: list[tuple[float, float, int, int]] = [(-INF, 0.0, 0, 0)]
+        counter, pops = 1, 0
+
+        def path_of(lab: int) -> list[tuple[int, int, str]]:
+            out = []
+            while lab > 0:
+                out.append((Pp[lab], N[lab], ROLE[lab]))
+                lab = PAR[lab]
+            return out[::-1]
+
+        while heap:
+            lbv, _, _, lab = heapq.heappop(heap)
+            if lab in dead:
+                continue
+            if lbv >= best_val * (1 - tol) - 1e-300 and best_path is not None:
+                return best_path, best_val, True, best_val, pops
+            pops += 1
+            if pops > max_pops or len(J) > RESERVED_LABELS:
+                if best_path is None:
+                    return None
+                return best_path, best_val, False, max(lbv, 0.0), pops
+            j, p, v = J[lab], Pp[lab], V[lab]
+            src = m if p < 0 else p
+            used = np.zeros(m, dtype=bool)
+            if v:
+                raw = np.frombuffer(v.to_bytes((m + 7) // 8, "little"), dtype=np.uint8)
+                used = np.unpackbits(raw, bitorder="little")[:m].astype(bool)
+            free = ~used
+            la, wa, aa, ba = LA[lab], WA[lab], AA[lab], BA[lab]
+            # ---- stages that end the plan ---------------------------------------------------------
+            n_end = L - j
+            role_end = "only" if p < 0 else "last"
+            q = np.nonzero(free & (caps[role_end] >= n_end))[0]
+            if len(q):
+                lat = la + self.HL[src, q] + self.Fl[role_end][q] + n_end * self.Rl[q] + self.HL[q, m]
+                W = wa + self.HW[src, q] + self.Fw[role_end][q] + n_end * self.Rw[q] + self.HW[q, m]
+                f = (aa + self.alpha[q]) * W + ba + self.Fb[role_end][q] + n_end * self.Rb[q]
+                val = (wl * lat if wl else 0.0) + (wc * f if wc else 0.0)
+                sec = lat if wc else f
+                ok = (lat <= self.bl) & (f <= self.bf)
+                if ok.any():
+                    k = int(np.argmin(np.where(ok, val + 0 * sec, INF)))
+                    cands = np.nonzero(ok & (val <= val[k]))[0]
+                    k = int(cands[np.argmin(sec[cands])])
+                    if val[k] < best_val * (1 - tol) or (val[k] <= best_val * (1 + tol) and sec[k] < best_sec):
+                        best_val, best_sec = float(val[k]), float(sec[k])
+                        best_path = path_of(lab) + [(int(q[k]), n_end, role_end)]
+            # ---- stages that continue -------------------------------------------------------------
+            role = "first" if p < 0 else "middle"
+            nmax = L - 1 - j
+            if nmax < 1:
+                continue
+            capr = caps[role]
+            q = np.nonzero(free & (capr >= 1))[0]
+            if not len(q):
+                continue
+            ns = self.ns[:nmax][None, :]
+            valid = ns <= capr[q][:, None]
+            lat = la + (self.HL[src, q] + self.Fl[role][q])[:, None] + ns * self.Rl[q][:, None]
+            W = wa + (self.HW[src, q] + self.Fw[role][q])[:, None] + ns * self.Rw[q][:, None]
+            A = aa + self.alpha[q][:, None] + 0 * ns
+            B = ba + self.Fb[role][q][:, None] + ns * self.Rb[q][:, None]
+            jj = j + ns + 0 * q[:, None]
+            qq = q[:, None] + 0 * ns
+            lat_lb = lat + self.hL[jj, qq]
+            w_hat = np.maximum(W + self.hW[jj, qq], self.omega0)
+            f_lb = A * w_hat + B + self._G(w_hat, jj)
+            if self.a_grid is not None:  # f >= A W + B + min(A ΔW + Ŵ ΔA + ΔB): the completion's time costs A
+                f_lb = np.maximum(f_lb, A * W + B + self._G2(A, w_hat, jj))
+            prim = (wl * lat_lb if wl else 0.0) + (wc * f_lb if wc else 0.0)
+            prim = np.where(np.isfinite(lat_lb) & np.isfinite(f_lb), prim, INF)
+            keep = valid & np.isfinite(prim) & (lat_lb <= self.bl) & (f_lb <= self.bf)
+            if best_path is not None:
+                keep &= prim < best_val * (1 - tol)
+            qi, ni = np.nonzero(keep)
+            for a, b_ in zip(qi.tolist(), ni.tolist(), strict=True):
+                qc, nc = int(q[a]), b_ + 1
+                jn = j + nc
+                g = (float(lat[a, b_]), float(W[a, b_]), float(A[a, b_]), float(B[a, b_]))
+                vv = v | (1 << qc)
+                key = (jn, qc)
+                lst = buckets.get(key)
+                if lst is None:
+                    lst = buckets[key] = []
+                dominated = False
+                for o in lst:
+                    if o in dead:
+                        continue
+                    if LA[o] <= g[0] and WA[o] <= g[1] and AA[o] <= g[2] and BA[o] <= g[3] and (V[o] & ~vv) == 0:
+                        dominated = True
+                        break
+                if dominated:
+                    continue
+                for o in lst:
+                    if o not in dead and g[0] <= LA[o] and g[1] <= WA[o] and g[2] <= AA[o] and g[3] <= BA[o] \
+                            and (vv & ~V[o]) == 0:
+                        dead.add(o)
+                J.append(jn)
+                Pp.append(qc)
+                V.append(vv)
+                LA.append(g[0])
+                WA.append(g[1])
+                AA.append(g[2])
+                BA.append(g[3])
+                PAR.append(lab)
+                N.append(nc)
+                ROLE.append(role)
+                child = len(J) - 1
+                lst.append(child)
+                heapq.heappush(heap, (float(prim[a, b_]), float(lat_lb[a, b_] if wc else f_lb[a, b_]), counter, child))
+                counter += 1
+        if best_path is None:
+            return None
+        return best_path, best_val, True, best_val, pops
+
+
+def peer_lower_bounds(engine, wl: float, wc: float, omega0: float) -> np.ndarray:
+    """LB(q) <= wl x latency + wc x f of every plan that uses q (f the reserved carbon)."""
+    inst, L, u = engine.inst, engine.L, engine.usable
+    lb = np.full(inst.n, INF)
+    if not len(u):
+        return lb
+    lat_lb = engine.peer_lower_bounds(1.0, 0.0)[u]  # no plan through q is faster (valid for W at any load)
+    alpha = inst.alpha[u]
+    R = wl * inst.latency.per_layer[u] + wc * inst.reserved.per_layer[u]
+    F = {r: wl * inst.latency.fixed[r][u] + wc * inst.reserved.fixed[r][u] for r in ROLES}
+    capM = inst.caps["middle"][u]
+    # the fill of the other layers pays each peer's reservation amortised over its capacity: a stage of
+    # n <= cap layers reserves alpha x W >= n x alpha x omega0 / cap (a valid per-layer lower bound)
+    # at omega = the wall time every plan through q takes at least (a grid value below it)
+    w_q = np.maximum(lat_lb, omega0)
+    grid = omega0 * np.geomspace(1.0, 4.0, 8)
+    gk = np.clip(np.searchsorted(grid, w_q, side="right") - 1, 0, len(grid) - 1)
+    fills = np.full((len(grid), L + 1), INF)
+    for k, om in enumerate(grid):
+        Ra = R + wc * om * alpha / np.maximum(capM, 1)
+        order = np.argsort(Ra, kind="stable")
+        take = int(np.searchsorted(np.cumsum(np.minimum(capM[order], L)), L)) + 1
+        per_layer = np.repeat(Ra[order[:take]], np.minimum(capM[order[:take]], L))[:L]
+        fills[k, 0] = 0.0
+        fills[k, 1:len(per_layer) + 1] = np.cumsum(per_layer)
+    fe = F["first"][inst.caps["first"][u] >= 1]
+    fh = F["last"][inst.caps["last"][u] >= 1]
+    fe_min = float(fe.min()) if len(fe) else INF
+    fh_min = float(fh.min()) if len(fh) else INF
+    d = engine.dist[u]
+    best = np.full(len(u), INF)
+    for n in range(1, L):
+        best = np.where(capM >= n, np.minimum(best, n * R + fills[gk, L - n]), best)
+    multi = best + fe_min + fh_min + wl * (2 * engine.tok_lb + engine.act_lb + 2 * d) + wc * alpha * w_q
+    only = np.where(inst.caps["only"][u] >= L, L * R + F["only"] + wl * (2 * engine.tok_lb + 2 * d) + wc * alpha * w_q,
+                    INF)
+    lb[u] = np.minimum(multi, only)
+    return lb
+
+
+def solve_reserved(engine, wl: float, wc: float, bl: float | None, bf: float | None, max_pops: int = RESERVED_POPS):
+    """The exact minimum (within the label budget) of wl x latency + wc x reserved carbon; see module doc."""
+    from prismn.placement.optimal import Solution, _sub_hops, best_order
+
+    inst = engine.inst
+    if not hasattr(engine, "_fastest"):
+        # only a lower bound on every plan's wall time is needed (and a plan for the incumbent): a small
+        # deterministic budget, its proven bound when it stops early
+        engine._fastest = engine.solve_linear(1.0, 0.0, "carbon", None, max_pops=FASTEST_POPS, max_cells=FASTEST_CELLS)
+    fastest = engine._fastest  # None: no plan at all, or none found within that small budget
+    # no plan's wall time at any load is below the least latency of any plan
+    omega0 = 0.0
+    if fastest is not None:
+        omega0 = fastest.latency_s if fastest.proven else max(fastest.stats.get("lower_bound", 0.0), 0.0)
+    lat_lbq = engine.peer_lower_bounds(1.0, 0.0)
+    finite = lat_lbq[engine.usable][np.isfinite(lat_lbq[engine.usable])]
+    if not len(finite):
+        return None
+    omega0 = max(omega0, float(finite.min()))
+    if bl is not None and omega0 > bl * (1 + 1e-12):
+        return None
+    lbq = peer_lower_bounds(engine, wl, wc, omega0)
+    alive = engine.usable[np.isfinite(lbq[engine.usable])]
+    if bl is not None:
+        alive = alive[lat_lbq[alive] <= bl * (1 + 1e-12)]
+    order = alive[np.argsort(lbq[alive], kind="stable")]
+    # incumbents: the fastest plan, and knapsacks of omega x A + B ordered for wall time
+    plans: list[list[tuple[int, int, str]]] = [fastest.stages] if fastest is not None else []
+    pool = order[:UB_PEERS]
+    if len(pool) and not (bl is not None and bl <= omega0 * (1 + 1e-9)):  # at the fastest latency they never fit
+        caps = {r: inst.caps[r][pool] for r in ROLES}
+        HW = inst.hop_time_matrix(pool, inst.batch)
+        for k in UB_OMEGAS:
+            om = omega0 * k
+            R = wl * inst.latency.per_layer[pool] + wc * inst.reserved.per_layer[pool]
+            F = {r: wl * inst.latency.fixed[r][pool] + wc * (om * inst.alpha[pool] + inst.reserved.fixed[r][pool])
+                 for r in ROLES}
+            path, _ = solve_order_free(R, F, caps, inst.L)
+            if path is None:
+                continue
+            path = [path[i] for i in best_order(_sub_hops(HW, path), len(path))]
+            plans.append([(int(pool[q]), n, r) for q, n, r in path])
+    if wc and bl is None and bf is None and fastest is not None and fastest.proven:
+        # the least carbon among the fastest plans (a small search: only peers that fast take part)
+        tied = solve_reserved(engine, 0.0, 1.0, fastest.latency_s * (1 + 1e-12), None, TIE_POPS)
+        if tied is not None:
+            plans.append(tied.stages)
+    if not plans and bf is None:
+        # no incumbent: is there any plan at all? (the order-free knapsack is exact for feasibility)
+        caps = {r: inst.caps[r][order] for r in ROLES}
+        path, _ = solve_order_free(inst.latency.per_layer[order], {r: inst.latency.fixed[r][order] for r in ROLES},
+                                   caps, inst.L)
+        if path is None:
+            return None
+    best, best_val = None, INF
+    for pl in plans:
+        lat, car = engine._metrics(pl)
+        if (bl is not None and lat > bl * (1 + 1e-12)) or (bf is not None and car > bf * (1 + 1e-12)):
+            continue
+        v = wl * lat + wc * car
+        if v < best_val:
+            best, best_val = pl, v
+    stats: dict = {"method": "reserved A*", "peers": inst.n, "omega0_ms": omega0 * 1e3,
+                   "omega0_is_fastest_plan": bool(fastest is not None and fastest.proven)}
+    if best is not None:
+        cand = order[lbq[order] <= best_val * (1 + 1e-9) + 1e-300]
+        for p, _, _ in best:
+            if p not in set(cand.tolist()):
+                cand = np.append(cand, p)
+        # dominance: each stage reserves a peer for at least omega0, so a plan costing <= best_val has at
+        # most K stages; a peer K co-located others match or beat in every term is never needed
+        if wc and not wl and bl is None and bf is None:
+            a_min = float(inst.alpha[engine.usable].min())
+            ratio = best_val / (wc * a_min * omega0) if a_min * omega0 > 0 else INF
+            K = int(max(1, min(inst.L, math.floor(ratio + 1e-9)))) if math.isfinite(ratio) else inst.L
+            keep = set(int(p) for p, _, _ in best)
+            pruned = engine.dominance_prune(cand, K, reserved=True)
+            cand = np.array(sorted(set(pruned.tolist()) | keep), dtype=np.int64)
+            stats["stage_bound"] = K
+    else:
+        cand = order
+    cand = cand[np.argsort(lbq[cand], kind="stable")]
+    dropped_lb = INF  # the least lower bound of a peer left out of the search (too many candidates)
+    if len(cand) > MAX_CANDIDATES:
+        keep = set(int(p) for p, _, _ in best) if best is not None else set()
+        rest = [int(p) for p in cand if int(p) not in keep]
+        head = rest[:MAX_CANDIDATES - len(keep)]
+        dropped_lb = float(min(lbq[p] for p in rest[len(head):]))
+        cand = np.array(sorted(keep) + head, dtype=np.int64)
+        stats["left_out"] = len(rest) - len(head)
+    stats["candidates"] = len(cand)
+    pos = {int(p): i for i, p in enumerate(cand)}
+    inc = [(pos[p], n, r) for p, n, r in best] if best is not None else None
+    s = ReservedSearch(inst, cand, wl, wc, omega0, bl, bf)
+    if wc and best is not None:  # a plan costing <= best has A x omega0 <= f, so A <= best / (wc omega0)
+        s.weighted_tables(best_val / (wc * omega0) if omega0 > 0 else 0.0)
+    res = s.run(inc, max_pops)
+    if res is None:
+        return None
+    path, val, proven, lower, pops = res
+    if val > dropped_lb * (1 + 1e-12):  # a peer left out might take part in a better plan
+        proven, lower = False, min(lower, dropped_lb)
+    stages = [(int(cand[q]), n, r) for q, n, r in path]
+    lat, car = engine._metrics(stages)
+    stats.update({"pops": pops})
+    if not proven:
+        stats["lower_bound"] = lower
+        stats["note"] = "search budget exhausted: best plan found, optimality not proven"
+    return Solution(stages, lat, car, proven, wl * lat + wc * car, stats)
