@@ -1,8 +1,9 @@
 """Transports that carry :mod:`prismn.wire` frames between peers.
 
 :class:`Transport` / :class:`Connection` are the interface; :class:`TcpTransport` (asyncio TCP,
-``TCP_NODELAY``) is the default implementation. Another transport (Iroh, later) implements the same
-two classes.
+``TCP_NODELAY``) is the default implementation; :class:`prismn.iroh_transport.IrohTransport` (QUIC,
+dial by endpoint key, NAT traversal, relays) implements the same classes. Callers build either one with
+:func:`make_transport` and never import the Iroh module themselves (``iroh`` is an optional dependency).
 
 Emulated wide-area delay: :class:`RttMatrix` holds ``{peer_id: {peer_id: rtt_ms}}`` (the client is
 ``"client"``). A connection given a one-way delay (:meth:`Connection.set_delay`, RTT/2 of its link)
@@ -102,6 +103,9 @@ class Connection(ABC):
     """A bidirectional, ordered stream of frames with one peer."""
 
     remote: str = "?"
+    #: the remote end's Ed25519 public key (64 hex) when the transport authenticated it (Iroh: the
+    #: remote endpoint id, proven by the QUIC/TLS handshake); None when it does not (TCP)
+    remote_key: str | None = None
 
     @abstractmethod
     async def send(self, header: dict[str, Any], payload: Buffer = b"") -> None: ...
@@ -133,25 +137,92 @@ Handler = Callable[[Connection], Awaitable[None]]
 
 
 class Transport(ABC):
+    #: ``"tcp"`` or ``"iroh"``
+    kind: str = "?"
+
     @abstractmethod
     async def connect(self, address: str, *, timeout: float = 10.0) -> Connection: ...
 
     @abstractmethod
     async def listen(self, host: str, port: int, handler: Handler) -> Listener: ...
 
+    async def close(self) -> None:
+        """Release what the transport holds (Iroh: its endpoint); TCP holds nothing."""
+        return None
 
-# ---------------------------------------------------------------------------------------------- TCP
-class TcpConnection(Connection):
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, limits: Limits):
-        self.reader, self.writer, self.limits = reader, writer, limits
-        sock = writer.get_extra_info("socket")
-        if sock is not None:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:  # pragma: no cover - not a TCP socket
-                pass
-        peer = writer.get_extra_info("peername")
-        self.remote = format_address(str(peer[0]), int(peer[1])) if peer else "?"
+
+TRANSPORT_KINDS = ("tcp", "iroh")
+
+
+def make_transport(
+    kind: str = "tcp",
+    *,
+    identity: Any = None,
+    relay: bool = True,
+    relay_url: str | None = None,
+    limits: Limits = Limits(),
+) -> Transport:
+    """The transport called ``kind``: ``"tcp"`` (LAN, tests) or ``"iroh"`` (QUIC, dial by key).
+
+    For Iroh, ``identity`` (a :class:`prismn.identity.Identity`) is the endpoint key (None: a fresh
+    throwaway key, fine for a client nobody needs to recognise); ``relay=True`` uses n0's public relays,
+    ``relay_url`` a self-hosted one, ``relay=False`` none (LAN, tests). TCP ignores those options.
+    """
+    k = str(kind).strip().lower()
+    if k == "tcp":
+        return TcpTransport(limits)
+    if k == "iroh":
+        try:
+            from prismn.iroh_transport import IrohTransport
+        except ImportError as e:  # iroh itself missing: name the fix
+            msg = str(e) if "pip install" in str(e) else f"the Iroh transport cannot be loaded ({e}): pip install 'prismn[iroh]'"
+            raise TransportError(msg) from None
+        return IrohTransport(identity, relay=relay, relay_url=relay_url, limits=limits)
+    raise TransportError(f"unknown transport {kind!r}: use one of {', '.join(TRANSPORT_KINDS)}")
+
+
+class MixedTransport(Transport):
+    """Listens with one transport and dials both: ``iroh:`` addresses through an Iroh transport (made on
+    first use from ``make_iroh``, with this process's identity), everything else over TCP. A coordinator
+    and the peers of a mixed swarm use it, so a TCP peer can still hand activations to an Iroh peer."""
+
+    def __init__(self, primary: Transport, make_iroh: Callable[[], Transport] | None = None):
+        self.primary = primary
+        self.kind = primary.kind
+        self._tcp = primary if primary.kind == "tcp" else TcpTransport()
+        self._iroh = primary if primary.kind == "iroh" else None
+        self._make_iroh = make_iroh
+
+    def iroh(self) -> Transport:
+        if self._iroh is None:
+            if self._make_iroh is None:
+                raise TransportError("this process dials TCP only: start it with --transport iroh to reach Iroh peers")
+            self._iroh = self._make_iroh()
+        return self._iroh
+
+    async def connect(self, address: str, *, timeout: float = 10.0) -> Connection:
+        t = self.iroh() if address.startswith("iroh:") else self._tcp
+        return await t.connect(address, timeout=timeout)
+
+    async def listen(self, host: str, port: int, handler: Handler) -> Listener:
+        return await self.primary.listen(host, port, handler)
+
+    async def close(self) -> None:
+        for t in {id(x): x for x in (self.primary, self._tcp, self._iroh) if x is not None}.values():
+            await t.close()
+
+
+# ------------------------------------------------------------------------------- emulated delay
+class FramedConnection(Connection):
+    """What TCP and Iroh connections share: the send path with its emulated one-way delay.
+
+    A subclass writes one frame (prefix + header bytes, then payload) with :meth:`_write_now` and says
+    whether its link is going away with :meth:`_link_closing`. With no delay and nothing queued a frame
+    is written straight away; otherwise a pump task releases each frame at its due time, in order,
+    without blocking the sender.
+    """
+
+    def __init__(self) -> None:
         self.delay_s = 0.0
         self._queue: collections.deque[tuple[float, bytes, Buffer]] = collections.deque()
         self._wake: asyncio.Event | None = None
@@ -159,9 +230,15 @@ class TcpConnection(Connection):
         self._last_due = 0.0
         self._closed = False
 
+    @abstractmethod
+    async def _write_now(self, head: bytes, payload: Buffer, n: int) -> None: ...
+
+    @abstractmethod
+    def _link_closing(self) -> bool: ...
+
     @property
     def closed(self) -> bool:
-        return self._closed or self.writer.is_closing()
+        return self._closed or self._link_closing()
 
     def set_delay(self, seconds: float) -> None:
         self.delay_s = max(0.0, float(seconds))
@@ -172,10 +249,7 @@ class TcpConnection(Connection):
         n = memoryview(payload).nbytes
         head = encode_header(header, n)
         if self.delay_s <= 0 and not self._queue:
-            self.writer.write(head)
-            if n:
-                self.writer.write(payload)
-            await self.writer.drain()
+            await self._write_now(head, payload, n)
             return
         # emulated link: hand the frame to the pump, which releases it after the one-way delay
         due = max(time.perf_counter() + self.delay_s, self._last_due)
@@ -198,39 +272,66 @@ class TcpConnection(Connection):
                 due, head, payload = self._queue[0]
                 await precise_sleep_until(due)
                 self._queue.popleft()
-                if self.writer.is_closing():
+                if self._link_closing():
                     return
-                self.writer.write(head)
-                if memoryview(payload).nbytes:
-                    self.writer.write(payload)
-                await self.writer.drain()
+                await self._write_now(head, payload, memoryview(payload).nbytes)
         except (ConnectionError, OSError) as e:
             log.info("delayed send to %s failed: %s", self.remote, e)
         except asyncio.CancelledError:
             pass
 
-    async def recv(self) -> Frame | None:
-        return await read_frame(self.reader, self.limits)
-
-    async def close(self) -> None:
-        if self._pump is not None and self._queue and not self.writer.is_closing():
-            # let frames already "in flight" on an emulated link arrive
+    async def _flush_delayed(self) -> None:
+        """Before closing: let frames already "in flight" on an emulated link arrive (at most 5 s)."""
+        if self._pump is not None and self._queue and not self._link_closing():
             try:
                 await asyncio.wait_for(asyncio.shield(self._drain_queue()), timeout=5.0)
             except TimeoutError:
                 pass
+
+    def _stop_pump(self) -> None:
         self._closed = True
         if self._pump is not None:
             self._pump.cancel()
+
+    async def _drain_queue(self) -> None:
+        while self._queue:
+            await asyncio.sleep(0.001)
+
+
+# ---------------------------------------------------------------------------------------------- TCP
+class TcpConnection(FramedConnection):
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, limits: Limits):
+        super().__init__()
+        self.reader, self.writer, self.limits = reader, writer, limits
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:  # pragma: no cover - not a TCP socket
+                pass
+        peer = writer.get_extra_info("peername")
+        self.remote = format_address(str(peer[0]), int(peer[1])) if peer else "?"
+
+    def _link_closing(self) -> bool:
+        return self.writer.is_closing()
+
+    async def _write_now(self, head: bytes, payload: Buffer, n: int) -> None:
+        self.writer.write(head)
+        if n:
+            self.writer.write(payload)
+        await self.writer.drain()
+
+    async def recv(self) -> Frame | None:
+        return await read_frame(self.reader, self.limits)
+
+    async def close(self) -> None:
+        await self._flush_delayed()
+        self._stop_pump()
         try:
             self.writer.close()
             await self.writer.wait_closed()
         except (ConnectionError, OSError):
             pass
-
-    async def _drain_queue(self) -> None:
-        while self._queue:
-            await asyncio.sleep(0.001)
 
 
 class TcpListener(Listener):
@@ -249,6 +350,8 @@ class TcpListener(Listener):
 
 class TcpTransport(Transport):
     """asyncio TCP, one frame after another on each connection."""
+
+    kind = "tcp"
 
     def __init__(self, limits: Limits = Limits()):
         self.limits = limits

@@ -73,3 +73,115 @@ def smollm2_dir():
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     return prepare_model("smollm2-135m")
+
+
+# ------------------------------------------------------------------------------------ transports
+IROH_STAGE = r"""
+import asyncio, json, logging, sys
+import torch
+torch.set_num_threads(1)
+from prismn.identity import Identity
+from prismn.runtime.server import StageServer
+from prismn.transport import make_transport
+
+logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+
+async def main():
+    ident = Identity.generate()
+    tr = make_transport("iroh", identity=ident, relay=False)
+    server = StageServer(None, peer_id=sys.argv[1], bench=False, transport=tr)
+    await server.start("127.0.0.1", 0)
+    info = tr.endpoint_info()
+    print(json.dumps({"address": info.ticket, "key": ident.public}), flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+class IrohStage:
+    """A bare stage server over Iroh (relays off) in its own process; ``address`` carries its dial hints."""
+
+    def __init__(self, peer_id: str, log_path: Path):
+        import json
+        import subprocess
+        import sys
+
+        env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+        self.log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen([sys.executable, "-c", IROH_STAGE, peer_id], stdout=subprocess.PIPE,
+                                     stderr=self.log, text=True, env=env, start_new_session=True)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            self.stop()
+            raise RuntimeError(f"iroh stage {peer_id} did not start: see {log_path}")
+        d = json.loads(line)
+        self.address, self.key = d["address"], d["key"]
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self) -> None:
+        import subprocess
+
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.log.close()
+
+
+@pytest.fixture(scope="session")
+def iroh_pool(tmp_path_factory):
+    """Four bare stage servers over Iroh (relays disabled, loopback), each its own process."""
+    pytest.importorskip("iroh")
+    from concurrent.futures import ThreadPoolExecutor
+
+    d = tmp_path_factory.mktemp("iroh-pool")
+    with ThreadPoolExecutor(4) as ex:
+        futs = [ex.submit(IrohStage, f"s{i}", d / f"s{i}.log") for i in range(4)]
+        stages = []
+        errors = []
+        for f in futs:
+            try:
+                stages.append(f.result())
+            except Exception as e:  # noqa: BLE001 - re-raised after cleanup
+                errors.append(e)
+    if errors:
+        for s in stages:
+            s.stop()
+        raise errors[0]
+    try:
+        yield stages
+    finally:
+        for s in stages:
+            s.stop()
+
+
+@pytest.fixture(params=["tcp", "iroh"])
+def transport_kind(request):
+    return request.param
+
+
+@pytest.fixture
+def stage_pool(transport_kind, request):
+    """``(pool, client transport)`` for the parametrised transport: TCP's bare pool and the default client
+    transport, or the Iroh pool and an Iroh client endpoint (throwaway key, relays off)."""
+    if transport_kind == "tcp":
+        yield request.getfixturevalue("bare_pool"), None
+        return
+    pool = request.getfixturevalue("iroh_pool")
+    import asyncio
+
+    from prismn.transport import make_transport
+
+    tr = make_transport("iroh", relay=False)
+    try:
+        yield pool, tr
+    finally:
+        asyncio.run(tr.close())

@@ -1,4 +1,5 @@
-"""Stages in separate processes over TCP give exactly the unsplit model's logits and greedy tokens."""
+"""Stages in separate processes over TCP and over Iroh (QUIC, relays off, loopback) give exactly the
+unsplit model's logits and greedy tokens."""
 
 from __future__ import annotations
 
@@ -16,12 +17,13 @@ NEW = 32
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("k", sorted(SPLITS))
-def test_split_matches_unsplit(arch, k, tiny, bare_pool):
+def test_split_matches_unsplit(arch, k, tiny, stage_pool):
     from prismn.runtime.client import Hop, Pipeline
 
+    pool, transport = stage_pool
     ckpt, full = tiny[arch]
     assert SPLITS[k][-1][1] == N_LAYERS
-    hops = [Hop(f"s{i}", bare_pool[i].address, layers) for i, layers in enumerate(SPLITS[k])]
+    hops = [Hop(f"s{i}", pool[i].address, layers) for i, layers in enumerate(SPLITS[k])]
     ids = torch.tensor([PROMPT])
     with torch.no_grad():
         ref_logits = full(ids).logits[0]
@@ -30,7 +32,7 @@ def test_split_matches_unsplit(arch, k, tiny, bare_pool):
     ref_tokens = ref.sequences[0, len(PROMPT):].tolist()
     assert len(ref_tokens) == NEW
 
-    with Pipeline(hops) as pipe:
+    with Pipeline(hops, transport=transport) as pipe:
         infos = pipe.load(str(ckpt))
         assert len({info["pid"] for info in infos}) == k  # really k processes
         # prefill logits for every prompt position
@@ -70,14 +72,15 @@ def test_stages_report_observed_decode_timing_under_the_served_name(tiny, bare_p
 
 
 @pytest.mark.slow
-def test_a_broken_link_fails_one_generation_and_the_next_reconnects(tiny, bare_pool):
+def test_a_broken_link_fails_one_generation_and_the_next_reconnects(tiny, stage_pool):
     """A dropped connection fails the generation in flight with one clear error; the client starts over
     (reconnects, re-reads the stages) on the next generation instead of staying broken."""
     from prismn.runtime.client import Hop, Pipeline, PipelineError
 
+    pool, transport = stage_pool
     ckpt, _ = tiny["llama"]
-    hops = [Hop(f"s{i}", bare_pool[i].address, layers) for i, layers in enumerate(SPLITS[2])]
-    with Pipeline(hops) as pipe:
+    hops = [Hop(f"s{i}", pool[i].address, layers) for i, layers in enumerate(SPLITS[2])]
+    with Pipeline(hops, transport=transport) as pipe:
         pipe.load(str(ckpt))
         want = [e.token for e in pipe.generate(PROMPT, max_new_tokens=4)]
         gen = pipe.generate(PROMPT, max_new_tokens=4)

@@ -1,4 +1,5 @@
-"""Over TCP: session bounds, freeing on completion/failure/disconnect/idle, emulated wide-area delay."""
+"""Over TCP: session bounds, freeing on completion/failure/disconnect/idle; emulated wide-area delay over
+TCP and Iroh."""
 
 from __future__ import annotations
 
@@ -66,13 +67,14 @@ def test_session_bounds_and_freeing(bounded_stage):
 
 
 @pytest.mark.slow
-def test_emulated_delay_end_to_end(tiny, bare_pool):
+def test_emulated_delay_end_to_end(tiny, stage_pool):
     from prismn.runtime.client import Hop, Pipeline
 
-    hops = [Hop("oslo-1", bare_pool[0].address, (0, 3)), Hop("paris-1", bare_pool[1].address, (3, 6))]
+    pool, transport = stage_pool
+    hops = [Hop("oslo-1", pool[0].address, (0, 3)), Hop("paris-1", pool[1].address, (3, 6))]
     rtt = RttMatrix({"client": {"oslo-1": 20, "paris-1": 40}, "oslo-1": {"paris-1": 30}})
     one_way = (20 + 30 + 40) / 2 / 1000  # client->oslo, oslo->paris, paris->client
-    with Pipeline(hops, rtt=rtt) as pipe:
+    with Pipeline(hops, rtt=rtt, transport=transport) as pipe:
         pipe.load(str(tiny["llama"][0]))
         list(pipe.generate([1, 2, 3], max_new_tokens=3))  # warm up
         list(pipe.generate([1, 2, 3, 4], max_new_tokens=12))

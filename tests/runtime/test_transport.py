@@ -75,3 +75,18 @@ def test_connect_refused_is_one_line():
 
     with pytest.raises(TransportError, match="cannot reach peer at 127.0.0.1:1.*prismn stage serve"):
         asyncio.run(go())
+
+
+def test_factory_without_iroh_installed(monkeypatch):
+    """TCP needs nothing extra; asking for Iroh where the package is missing is one line naming the fix."""
+    import sys
+
+    from prismn.transport import make_transport
+
+    monkeypatch.setitem(sys.modules, "iroh", None)  # as if `iroh` were not installed
+    monkeypatch.delitem(sys.modules, "prismn.iroh_transport", raising=False)
+    assert isinstance(make_transport("tcp"), TcpTransport) and make_transport("tcp").kind == "tcp"
+    with pytest.raises(TransportError, match=r"iroh package is not installed.*pip install 'prismn\[iroh\]'"):
+        make_transport("iroh")
+    with pytest.raises(TransportError, match="unknown transport 'quic'"):
+        make_transport("quic")

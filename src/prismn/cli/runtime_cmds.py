@@ -100,6 +100,12 @@ def register(app: typer.Typer) -> None:
         bench: bool = typer.Option(True, "--bench/--no-bench", help="Time this stage's layers at start."),
         bench_only: bool = typer.Option(False, "--bench-only", help="Load, self-benchmark, print the JSON and exit."),
         log_level: str = typer.Option("info", help="debug, info, warning or error."),
+        transport_kind: str = typer.Option("tcp", "--transport", help="tcp, or iroh (QUIC, dialled by key; prints "
+                                                                      "a ticket iroh:ID@ADDR for --peer)."),
+        no_relay: bool = typer.Option(False, "--no-relay", help="Iroh: no relay (LAN, tests)."),
+        relay_url: str = typer.Option(None, "--relay-url", help="Iroh: a self-hosted relay."),
+        key_file: str = typer.Option(None, "--key-file", help="Iroh: the endpoint's Ed25519 key (made if absent; "
+                                                              "default: a new key each start)."),
     ) -> None:
         """Serve layers START:END of a model: take token ids (first stage) or activations from the previous stage, forward activations straight to the next stage, sample on the last stage.
 
@@ -138,12 +144,23 @@ def register(app: typer.Typer) -> None:
             if bench_only:
                 return
             pid = peer_id or f"stage-{port}"
+            from prismn.identity import Identity
+            from prismn.transport import TransportError, make_transport
+
+            try:
+                ident = Identity.load_or_create(key_file) if key_file else Identity.generate()
+                transport = make_transport(transport_kind, identity=ident, relay=not no_relay, relay_url=relay_url)
+            except TransportError as e:
+                raise _fail(str(e)) from None
             server = StageServer(stage, limits=limits, peer_id=pid, measurement=measurement, bench=bench,
-                                 default_dtype=dtype, default_device=device, load_token=load_token)
+                                 default_dtype=dtype, default_device=device, load_token=load_token,
+                                 transport=transport)
 
             def ready(addr: str) -> None:
                 what = (f"layers {stage.start}:{stage.end} of {stage.model_name} ({stage.dtype_name}, {stage.device})"
                         if stage is not None else "bare (waiting for a load request)")
+                if transport.kind == "iroh":  # the ticket carries its own dial hints
+                    addr = transport.endpoint_info().ticket  # type: ignore[attr-defined]
                 print(f"prismn stage {pid} listening on {addr}: {what}", flush=True)
 
             try:
@@ -197,7 +214,14 @@ def register(app: typer.Typer) -> None:
                 hops = [Hop(n, a) for n, a in peers.items()]
             rtt = _load_rtt(rtt_matrix, swarm, [h.peer_id for h in hops])
             tok = _load_tokenizer(tokenizer or model_ref) if (tokenizer or (model_ref and not ids)) else None
-            with Pipeline(hops, rtt=rtt, tokenizer=tok) as pipe:
+            from prismn.transport import TransportError, make_transport
+
+            kind = "iroh" if any(h.address.startswith("iroh:") for h in hops) else "tcp"
+            try:
+                transport = make_transport(kind, relay=False)  # tickets carry the addresses to dial
+            except TransportError as e:
+                raise _fail(str(e)) from None
+            with Pipeline(hops, rtt=rtt, tokenizer=tok, transport=transport) as pipe:
                 if load:
                     pipe.load(load, token=load_token)
                 if model_ref is None and tok is None and not ids:
