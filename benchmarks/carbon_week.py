@@ -35,9 +35,11 @@ Moving (a change of peer set or layer split): each peer downloads the weights it
 own link; energy = bytes x k_net (CostOptions.k_net_kwh_per_gb) + download time x P_active(peer)
 (an upper bound: a GPU waiting for weights draws less), carbon at the peer zone's intensity that hour.
 The old plan serves while the new one loads (drain), so a move decided in hour t serves from hour t+1.
-A move happens only if (1) the candidate beats the running plan by >= --threshold on the signal,
-(2) the saving over the hold time (--dwell hours, or the forecast horizon) exceeds the moving carbon,
-and (3) at least --dwell hours have passed since the last move (hysteresis). Demand: --tokens-per-hour.
+Whether to move is decided by the coordinator's own policy (`prismn.coordinator.replacement`: `Policy`,
+`move_cost`, `decide`, the same code `prismn coordinator --replace` runs): a move happens only if
+(1) at least --dwell hours have passed since the last move (hysteresis), (2) the candidate beats the
+running plan by >= --threshold on the signal, and (3) the saving over the hold time (--dwell hours, or
+the forecast horizon) at --tokens-per-hour exceeds the moving carbon.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ import platform
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -56,8 +58,10 @@ import numpy as np
 
 from prismn.carbon import EmbeddedProvider, Intensity
 from prismn.carbon.replay import Series, load_series
+from prismn.coordinator.replacement import Policy, decide, plan_beside
+from prismn.coordinator.replacement import move_cost as policy_move_cost
 from prismn.model import ModelSpec, load_model_spec
-from prismn.placement import CostModel, CostOptions, EvaluatedPlan, PlanRequest, evaluate_plan, make_plan
+from prismn.placement import CostOptions, EvaluatedPlan, PlanRequest, evaluate_plan, make_plan
 from prismn.placement.plan import Plan
 from prismn.swarm import Swarm, parse_swarm
 
@@ -74,6 +78,7 @@ CITIES = {  # zone -> a real city in it (lat, lon)
     "CL-SEN": ("Santiago", -33.45, -70.67),
 }
 GPUS = [("RTX 4090", 24), ("RTX 3090", 24), ("L4", 24), ("A10", 24), ("RTX 4080", 16), ("T4", 16)]
+SCOPE = "operational"  # plans minimise, and every row reports, compute-time gCO2e/token (gco2e_per_token)
 CLIENTS = {"New York": {"lat": 40.71, "lon": -74.01}, "Frankfurt": {"lat": 50.11, "lon": 8.68},
            "Singapore": {"lat": 1.29, "lon": 103.85}}
 
@@ -130,43 +135,13 @@ def key(plan: Plan) -> tuple:
     return tuple((s.peer, s.start, s.end, s.embedding, s.head) for s in plan.stages)
 
 
-def held_bytes(spec: ModelSpec, plan: Plan) -> dict[str, set]:
-    """peer -> the weight pieces it holds ('L12', 'embed', 'head')."""
-    out: dict[str, set] = {}
-    for s in plan.stages:
-        parts = {f"L{i}" for i in range(s.start, s.end)}
-        parts |= {"embed"} if s.embedding else set()
-        parts |= {"head"} if s.head else set()
-        out.setdefault(s.peer, set()).update(parts)
-    return out
-
-
 def move_cost(spec: ModelSpec, swarm: Swarm, old: Plan, new: Plan, cost: CostOptions,
               disk_gbps: float | None = None) -> dict:
-    """Bytes each peer must load to go from `old` to `new`, and the energy and carbon of it: downloaded
-    over the peer's link (bytes x k_net + time x P_active), or with `disk_gbps` read from a local copy
-    the peer already keeps (time x P_active only)."""
-    size = {"embed": spec.embed_bytes, "head": spec.head_bytes}
-    before, after = held_bytes(spec, old), held_bytes(spec, new)
-    cm = CostModel(spec, cost)
-    total_b = joules = grams = load_s = 0.0
-    for peer_id, parts in after.items():
-        missing = parts - before.get(peer_id, set())
-        b = sum(size.get(p, spec.layer_bytes) for p in missing)
-        if not b:
-            continue
-        peer = swarm.peer(peer_id)
-        if disk_gbps:
-            t = b / (disk_gbps * 1e9)
-            j = t * cm.power_w(peer)
-        else:
-            t = b * 8 / (peer.bandwidth_mbps * 1e6)
-            j = cm.network_joules(b) + t * cm.power_w(peer)
-        total_b += b
-        joules += j
-        grams += j * peer.intensity.g_per_kwh / 3.6e6
-        load_s = max(load_s, t)
-    return {"bytes": total_b, "joules": joules, "gco2e": grams, "load_s": load_s}
+    """The coordinator's move cost (`prismn.coordinator.replacement.move_cost`) of going from `old` to `new`:
+    the weights each peer lacks, downloaded over its link, or with `disk_gbps` read from a local copy."""
+    mc = policy_move_cost(spec, swarm, old.stages, new.stages, cost, weights="disk" if disk_gbps else "download",
+                          disk_gbps=disk_gbps or 2.0)
+    return {"bytes": mc.bytes, "joules": mc.joules, "gco2e": mc.gco2e, "load_s": mc.load_s}
 
 
 def g_per_token(ev: EvaluatedPlan) -> float:
@@ -184,7 +159,9 @@ class Run:
     move_bytes: float = 0.0
     max_load_s: float = 0.0
     plans: set = field(default_factory=set)
-    rejected: dict = field(default_factory=lambda: {"threshold": 0, "move_cost": 0, "dwell": 0})
+    # better plans not taken, by the rule that held them (no_room: the better plans all need a peer of the
+    # running plan to take another stage, which cannot load while that plan serves)
+    rejected: dict = field(default_factory=lambda: {"threshold": 0, "move_cost": 0, "dwell": 0, "no_room": 0})
 
     def summary(self, tokens_per_hour: float) -> dict:
         served = sum(self.g_tokens) * tokens_per_hour
@@ -234,28 +211,37 @@ def run_week(series: dict[str, Series], start: datetime, client: str, args: argp
         return parse_swarm(data, provider=Fixed(values, source, when))
 
     def best(sw: Swarm, bound_ms: float | None) -> EvaluatedPlan:
-        req = PlanRequest(objective="carbon", max_latency_ms=bound_ms, cost=cost)
+        req = PlanRequest(objective="carbon", max_latency_ms=bound_ms, cost=cost, carbon_scope=SCOPE)
         return make_plan("prismn", spec, sw, req)
 
     yearly_sw = build(yearly, f"Electricity Maps yearly average {start.year}")
-    fastest = make_plan("prismn", spec, yearly_sw, PlanRequest(objective="latency", cost=cost))
+    fastest = make_plan("prismn", spec, yearly_sw, PlanRequest(objective="latency", cost=cost, carbon_scope=SCOPE))
     static = best(yearly_sw, args.static_slack * fastest.metrics["latency_ms_per_token"])
     bound = args.latency_bound * static.metrics["latency_ms_per_token"]
     week_mean = {z: float(vals[z][pre:pre + hours].mean()) for z in zones}
     # the same latency bound as re-placement, so oracle vs hourly isolates following the hours
     oracle = best(build(week_mean, "mean of the recorded week (hindsight)"), bound)
     slack = best(yearly_sw, bound)  # yearly averages again, with re-placement's latency bound
-    seed = make_plan("prismn-hackathon", spec, yearly_sw, PlanRequest(preference="low-carbon", cost=cost))
+    seed = make_plan("prismn-hackathon", spec, yearly_sw, PlanRequest(preference="low-carbon", cost=cost,
+                                                                     carbon_scope=SCOPE))
     for ev in (fastest, static, slack, oracle, seed):
         if not ev.feasible:
             raise SystemExit(f"a static plan is infeasible for the week of {start:%Y-%m-%d}: {ev.problems[:1]}")
 
     statics = {"fastest": fastest, "static-yearly": static, "static-yearly-1.1x": slack, "static-oracle": oracle,
                "seed-low-carbon": seed}
+    # the coordinator's policy for each re-placing run (hourly-free: every better plan, no hysteresis, and
+    # the move cost counted in the result but never weighed against the saving)
+    live_policy = Policy(every_s=3600, threshold=args.threshold, dwell_s=args.dwell * 3600.0,
+                         tokens_per_hour=args.tokens_per_hour)
+    policies = {"hourly": live_policy, "hourly-cached": replace(live_policy, weights="disk", disk_gbps=args.disk_gbps),
+                "forecast-persist": replace(live_policy, forecast_h=float(horizon)),
+                "forecast-perfect": replace(live_policy, forecast_h=float(horizon)),
+                "hourly-free": Policy(every_s=3600, threshold=0.0, dwell_s=0.0, tokens_per_hour=1e15)}
     movers = ("hourly", "forecast-persist", "forecast-perfect", "hourly-free", "hourly-cached")
     runs = {n: Run(n) for n in [*statics, *movers]}
     current = dict.fromkeys(movers, static)
-    last_move = dict.fromkeys(current, -10 ** 6)
+    last_move: dict[str, int | None] = dict.fromkeys(current)
     for h in range(hours):
         when = start + timedelta(hours=h)
         real = build(at(h), "Electricity Maps hourly export (replayed)", when)
@@ -265,44 +251,47 @@ def run_week(series: dict[str, Series], start: datetime, client: str, args: argp
             runs[n].plans.add(key(ev.plan))
         live_best = best(real, bound)
         signals = {
-            "hourly": (real, args.dwell),
-            "hourly-free": (real, 1),
-            "hourly-cached": (real, args.dwell),
-            "forecast-persist": (build({z: float(np.mean([vals[z][pre + h + k - 24] for k in range(1, horizon + 1)]))
-                                        for z in zones}, "24 h persistence forecast, mean of next hours"), horizon),
-            "forecast-perfect": (build({z: float(vals[z][pre + h + 1:pre + h + 1 + horizon].mean()) for z in zones},
-                                       "recorded next hours (perfect forecast, upper bound)"), horizon),
+            "hourly": real, "hourly-free": real, "hourly-cached": real,
+            # forecast-aware: each zone's mean over the next `horizon` hours (persistence: yesterday's hours)
+            "forecast-persist": build({z: float(np.mean([vals[z][pre + h + k - 24] for k in range(1, horizon + 1)]))
+                                       for z in zones}, "24 h persistence forecast, mean of next hours"),
+            "forecast-perfect": build({z: float(vals[z][pre + h + 1:pre + h + 1 + horizon].mean()) for z in zones},
+                                      "recorded next hours (perfect forecast, upper bound)"),
         }
-        for n, (sig, hold_h) in signals.items():
-            run, cur = runs[n], current[n]
+        for n, sig in signals.items():
+            run, cur, policy = runs[n], current[n], policies[n]
             served = evaluate_plan(cur.plan, spec, real, cost)  # this hour is served by the running plan
             run.g_tokens.append(g_per_token(served))
             run.latency_ms.append(served.metrics["latency_ms_per_token"])
             run.plans.add(key(cur.plan))
-            free = n == "hourly-free"  # no threshold, no hysteresis, moving costs counted but not weighed
-            if not free and h - last_move[n] < args.dwell:
+            since = None if last_move[n] is None else (h - last_move[n]) * 3600.0
+            if policy.in_dwell(since):  # decide() would answer "dwell": skip planning on the signal
                 run.rejected["dwell"] += key(live_best.plan) != key(cur.plan)
-                continue  # hysteresis: no move within --dwell hours of the last one
-            cand = live_best if sig is real else best(sig, bound)
-            if not cand.feasible or key(cand.plan) == key(cur.plan):
                 continue
-            cur_g = g_per_token(evaluate_plan(cur.plan, spec, sig, cost))
-            gain = cur_g - g_per_token(cand)
-            mv = move_cost(spec, real, cur.plan, cand.plan, cost,
-                           args.disk_gbps if n == "hourly-cached" else None)
-            if not free and gain < args.threshold * cur_g:
-                run.rejected["threshold"] += 1
+            # the coordinator's rule: the new plan loads while the old one serves, so an old peer keeps its
+            # own stage or is left out (live_best is the plan on all peers: reused when it respects that)
+            old_peers = {s.peer for s in cur.plan.stages}
+            cand = plan_beside(lambda sw, sig=sig: best(sw, bound), sig,
+                               [p.id for p in sig.peers if p.id not in old_peers], cur.plan.stages,
+                               first=live_best if sig is real else None)
+            if cand is None or not cand.feasible:
+                run.rejected["no_room"] += key(live_best.plan) != key(cur.plan)
                 continue
-            if not free and gain * args.tokens_per_hour * hold_h <= mv["gco2e"]:
-                run.rejected["move_cost"] += 1
+            mv = policy_move_cost(spec, real, cur.plan.stages, cand.plan.stages, cost, weights=policy.weights,
+                                  disk_gbps=policy.disk_gbps)  # at the real hour's intensity
+            d = decide(policy, g_per_token(evaluate_plan(cur.plan, spec, sig, cost)), g_per_token(cand), mv, since,
+                       same=key(cand.plan) == key(cur.plan))
+            if d.rule in run.rejected:
+                run.rejected[d.rule] += 1
+            if not d.move:
                 continue
             current[n] = cand
             last_move[n] = h
             run.moves += 1
-            run.move_g += mv["gco2e"]
-            run.move_j += mv["joules"]
-            run.move_bytes += mv["bytes"]
-            run.max_load_s = max(run.max_load_s, mv["load_s"])
+            run.move_g += mv.gco2e
+            run.move_j += mv.joules
+            run.move_bytes += mv.bytes
+            run.max_load_s = max(run.max_load_s, mv.load_s)
 
     out = {n: r.summary(args.tokens_per_hour) for n, r in runs.items()}
     base = out["static-yearly"]

@@ -8,6 +8,7 @@ fetched_at) so that every gram Prismn prints can name its origin. Providers:
 - WattTimeProvider (WATTTIME_USERNAME/WATTTIME_PASSWORD, `watttime` client): marginal MOER.
 - NationalGridProvider (no key): Great Britain, national and regional, half-hourly.
 - ReplayProvider: recorded hourly files in Electricity Maps' export format.
+- FileProvider: a JSON file of zone -> g/kWh (or hourly points) an operator or a script rewrites.
 - ChainProvider: the first provider that answers wins; signals never mix.
 """
 
@@ -21,6 +22,7 @@ from prismn.carbon.base import BaseProvider, CarbonProvider
 from prismn.carbon.chain import ChainProvider, check_one_signal
 from prismn.carbon.electricitymaps import ElectricityMapsProvider
 from prismn.carbon.embedded import EmbeddedProvider
+from prismn.carbon.file import FileProvider
 from prismn.carbon.nationalgrid import NationalGridProvider
 from prismn.carbon.point import (
     LBS_PER_MWH_TO_G_PER_KWH,
@@ -33,11 +35,11 @@ from prismn.carbon.point import (
 from prismn.carbon.replay import ReplayProvider
 from prismn.carbon.watttime import WattTimeProvider
 
-PROVIDERS = ("embedded", "electricitymaps", "watttime", "nationalgrid", "replay")
+PROVIDERS = ("embedded", "electricitymaps", "watttime", "nationalgrid", "replay", "file")
 
 __all__ = [
     "LBS_PER_MWH_TO_G_PER_KWH", "PROVIDERS", "BaseProvider", "CarbonConfigError", "CarbonProvider",
-    "CarbonUnavailable", "ChainProvider", "ElectricityMapsProvider", "EmbeddedProvider", "Intensity",
+    "CarbonUnavailable", "ChainProvider", "ElectricityMapsProvider", "EmbeddedProvider", "FileProvider", "Intensity",
     "IntensityPoint", "NationalGridProvider", "ReplayProvider", "WattTimeProvider", "check_one_signal",
     "default_provider", "make_provider", "user_supplied",
 ]
@@ -65,9 +67,16 @@ def make_provider(spec: str, replay: list[str | Path] | None = None, at: datetim
         elif n == "nationalgrid":
             built.append(NationalGridProvider())
         elif n == "replay":
-            if not replay:
+            tables = [f for f in replay or [] if Path(f).suffix != ".json"]
+            if not tables:
                 raise CarbonConfigError("the replay provider needs files: add --replay FILE (an hourly export)")
-            built.append(ReplayProvider(list(replay), at=at))
+            built.append(ReplayProvider(tables, at=at))
+        elif n == "file":
+            jsons = [f for f in replay or [] if Path(f).suffix == ".json"]
+            if len(jsons) != 1:
+                raise CarbonConfigError("the file provider reads one JSON file: name it once, e.g. "
+                                        "--carbon-file intensities.json")
+            built.append(FileProvider(jsons[0]))
         else:
             raise CarbonConfigError(f"unknown carbon provider {n!r}: use one or more of {', '.join(PROVIDERS)}")
     if not built:
