@@ -53,7 +53,8 @@ class Demo:
         self.tmp = Path(tempfile.mkdtemp(prefix="prismn-demo-"))
         self.procs: list[subprocess.Popen] = []
         self.peer_procs: dict[str, subprocess.Popen] = {}  # peer id -> its process
-        self.token = "demo-" + os.urandom(6).hex()
+        # the coordinator writes its first admin key and join token here (0600); nothing secret goes on argv
+        self.admin_key_file, self.join_token_file = self.tmp / "admin.key", self.tmp / "join.token"
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
 
@@ -66,8 +67,8 @@ class Demo:
         return p
 
     def api(self, method: str, path: str, **kw: Any) -> httpx.Response:
-        return httpx.request(method, self.url + path, headers={"Authorization": f"Bearer {self.token}"},
-                             timeout=600, **kw)
+        key = self.admin_key_file.read_text().strip()
+        return httpx.request(method, self.url + path, headers={"Authorization": f"Bearer {key}"}, timeout=600, **kw)
 
     def wait(self, what: str, cond: Any, timeout: float) -> Any:
         deadline = time.monotonic() + timeout
@@ -89,7 +90,7 @@ class Demo:
         what = "emulated wide-area network" if wan else "loopback, no delay added"
         with c.status(f"starting the coordinator (SQLite in a temporary folder, {what})"):
             self.spawn(["coordinator", "--port", str(self.port), "--db", f"sqlite:///{self.tmp / 'prismn.db'}",
-                        "--token", self.token, "--city", COORDINATOR_CITY, *(["--emulate-wan"] if wan else []),
+                        "--secrets-dir", str(self.tmp), "--city", COORDINATOR_CITY, *(["--emulate-wan"] if wan else []),
                         "--lease-s", "20", "--heartbeat-s", "2", *(extra or [])], "coordinator.log")
             self.wait("the coordinator", lambda: httpx.get(self.url + "/healthz", timeout=2).status_code == 200, 90)
         c.print(f"[green]✓[/green] coordinator on {self.url}, standing in {COORDINATOR_CITY}")
@@ -113,7 +114,8 @@ class Demo:
 
     def _spawn_peer(self, city: str, vram: float) -> None:
         self.peer_procs[_slug(city)] = self.spawn(
-            ["peer", "--coordinator", self.url, "--token", self.token, "--city", city, "--vram", str(vram),
+            ["peer", "--coordinator", self.url, "--token-file", str(self.join_token_file), "--key-file",
+             str(self.tmp / "peers" / f"{_slug(city)}.key"), "--city", city, "--vram", str(vram),
              "--gpu", "CPU", "--id", _slug(city), "--bench-model", MODEL, "--bench-lock",
              str(self.tmp / "bench.lock")], f"peer-{_slug(city)}.log")
 
@@ -192,7 +194,7 @@ class Demo:
         if failure is not None:
             self.report_failure(failure)
         c.print(f"[bold]dashboard:[/bold] {self.url}/  (the swarm on a map, the live route, the Pareto front, "
-                f"a chat with receipts; admin actions take the join token {self.token})")
+                f"a chat with receipts; deploying takes the admin key in {self.admin_key_file})")
         if sys.stdin.isatty():
             with contextlib.suppress(EOFError, KeyboardInterrupt):
                 input("press Enter to stop the demo ")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect
-from svc import TOKEN, Cluster, stop, wait_for
+from svc import ADMIN, Cluster, stop, wait_for
 
 pytestmark = pytest.mark.slow
 SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
@@ -172,8 +172,8 @@ def test_deploying_from_the_page_needs_the_admin_token(page, cluster):
     page.locator("#compare tr.clickable").first.click()  # prismn's plan at the current controls
     page.locator("#admin-token").fill("not-the-token")
     page.locator("#deploy").click()
-    expect(page.locator("#deploy-msg")).to_contain_text("wrong or missing join token")
-    page.locator("#admin-token").fill(TOKEN)
+    expect(page.locator("#deploy-msg")).to_contain_text("wrong or missing admin key")
+    page.locator("#admin-token").fill(ADMIN)
     page.locator("#deploy").click()
     # the coordinator re-plans on its free peers: ready, or failed with its reason, is its answer
     expect(page.locator("#deploy-msg")).to_have_text(re.compile(r"^dep-\w+: (ready|loading|failed)"),

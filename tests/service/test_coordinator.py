@@ -37,7 +37,15 @@ def test_join_with_a_wrong_token_is_refused(cluster):
 
 
 def test_heartbeat_for_an_unknown_peer_is_404(cluster):
-    r = cluster.api("POST", "/v1/peers/ghost/heartbeat", json={})
+    from svc import TOKEN
+
+    from prismn.identity import Identity
+    from prismn.peer.agent import signed_headers
+
+    raw = b"{}"
+    headers = {"Authorization": f"Bearer {TOKEN}", **signed_headers(Identity.generate(), "POST",
+                                                                     "/v1/peers/ghost/heartbeat", raw)}
+    r = httpx.post(cluster.url + "/v1/peers/ghost/heartbeat", content=raw, headers=headers)
     assert r.status_code == 404 and "join first" in r.json()["error"]["message"]
 
 
@@ -98,21 +106,6 @@ def test_deploy_and_stream_through_the_openai_client(cluster):
         seen = [(peers[s["peer"]]["stage"] or {}).get("observed") for s in stages]
         return all(o and o["model"] == str(cluster.ckpt) and o["steps"] >= 16 for o in seen)
     wait_for(observed_everywhere, 20, "observed decode timings in the peer listing")
-
-
-def test_peers_load_stages_only_for_their_coordinator(cluster):
-    from prismn.runtime.client import Hop, Pipeline, PipelineError
-
-    peer = cluster.api("GET", "/v1/peers").json()["data"][0]
-    before = peer["stage"]["stage"]
-    with Pipeline([Hop(peer["id"], peer["data_addr"], (0, 1))]) as pipe, \
-            pytest.raises(PipelineError, match="load refused"):
-        pipe.load(str(cluster.ckpt))  # no join token: refused, and the stage it holds is untouched
-    import time
-
-    time.sleep(1.0)  # a few heartbeats
-    after = {p["id"]: p for p in cluster.api("GET", "/v1/peers").json()["data"]}[peer["id"]]
-    assert after["stage"]["stage"] == before and after["status"] == "online"
 
 
 def test_bad_requests_are_4xx_with_a_clear_message_and_lose_nothing(cluster):

@@ -9,7 +9,7 @@ import signal
 import time
 
 import pytest
-from svc import Cluster, stop, wait_for
+from svc import Cluster, stop, stream_completion, wait_for
 
 pytestmark = pytest.mark.slow
 CITIES = ["Oslo", "Paris", "Madrid", "Warsaw", "Vienna", "Prague"]
@@ -33,23 +33,8 @@ def cluster(tmp_path_factory, chat_ckpt):
                 os.kill(p.pid, signal.SIGCONT)
 
 
-def _client(c: Cluster):
-    from openai import OpenAI
-
-    return OpenAI(base_url=c.url + "/v1", api_key="unused", max_retries=0, timeout=180)
-
-
 def _stream(c: Cluster, on_chunk=None) -> tuple[str, dict]:
-    text, usage = "", None
-    for i, ch in enumerate(_client(c).completions.create(model="tiny-r", prompt=PROMPT, max_tokens=48,
-                                                          temperature=0, stream=True)):
-        if ch.choices:
-            text += ch.choices[0].text or ""
-        if ch.usage is not None:
-            usage = ch.usage.model_extra["carbon"]
-        if on_chunk is not None:
-            on_chunk(i)
-    return text, usage
+    return stream_completion(c, "tiny-r", PROMPT, 48, on_chunk)
 
 
 def _stages(c: Cluster) -> list[str]:
@@ -204,3 +189,47 @@ def test_a_warm_spare_takes_over_its_stage(cluster, reference):
     after = cluster.api("GET", f"/v1/deployments/{dep['id']}").json()
     assert [s["layers"] for s in after["plan"]["stages"]] == [s["layers"] for s in dep["plan"]["stages"]]
     assert after["plan"]["notes"].get("warm_spare") == [spare["peer"]]
+
+
+@pytest.fixture(scope="module")
+def iroh_cluster(tmp_path_factory, chat_ckpt):
+    tmp = tmp_path_factory.mktemp("recovery-iroh")
+    c = Cluster(tmp, f"sqlite:///{tmp / 'coordinator.db'}", chat_ckpt, coordinator_args=[], vram_factor=0.75,
+                transport="iroh")
+    with c.running(CITIES[:4]):
+        r = c.api("POST", "/v1/deployments", json={"model": str(c.ckpt), "name": "tiny-r", "objective": "latency"})
+        assert r.status_code == 201, r.text
+        yield c
+
+
+def test_over_iroh_a_killed_stage_is_a_pause_and_restarted_peers_are_redialled(iroh_cluster):
+    """Over Iroh (peers dialled by endpoint id through the coordinator's address book): SIGKILL a stage
+    mid-stream and the text is the undisturbed one; then every peer restarts on a new UDP port (same key,
+    same id) and the next request still completes, re-dialling each stage at its new address."""
+    c = iroh_cluster
+    reference, _ = _stream(c)
+    victim = _stages(c)[len(_stages(c)) // 2]
+    proc = c.peers.pop(victim)
+
+    def kill_after_five(i: int) -> None:
+        if i == 5:
+            stop(proc, "kill")
+
+    text, usage = _stream(c, kill_after_five)
+    assert proc.poll() is not None and text == reference
+    assert usage["recoveries"] and usage["recoveries"][0]["failed_peer"] == victim
+    before = {p["id"]: p["endpoint"]["direct_addresses"] for p in c.api("GET", "/v1/peers").json()["data"]
+              if p["status"] == "online"}
+    c.start_peer(next(city for city in CITIES if city.lower() + "-1" == victim))
+    for city in CITIES[:4]:  # one peer at a time: a new process on a new port, the same key file and id
+        pid = city.lower() + "-1"
+        if pid != victim:
+            stop(c.peers.pop(pid), "kill")
+            c.start_peer(city)
+        wait_for(lambda pid=pid: c.peer_status()[pid] == "online" and pid in {
+            p["id"] for p in c.api("GET", "/v1/peers").json()["data"]
+            if p["endpoint"] and p["endpoint"]["direct_addresses"] != before.get(p["id"])}, 60, f"{pid} back")
+        text, _ = _stream(c)  # the plan's stages are re-dialled (or re-planned) at their new addresses
+        assert text == reference, pid
+    after = {p["id"]: p["endpoint"]["direct_addresses"] for p in c.api("GET", "/v1/peers").json()["data"]}
+    assert all(after[p] != before[p] for p in before), (before, after)

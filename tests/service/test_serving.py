@@ -31,16 +31,24 @@ def deploy(c: Cluster, **body) -> dict:
     return r.json()
 
 
-def stage_sessions(c: Cluster, peers: list[str]) -> dict[str, int]:
-    """Sessions open on each stage, asked of the stage servers themselves."""
+def stage_infos(c: Cluster, peers: list[str]) -> dict[str, dict]:
+    """What each stage server says of itself. A peer's stage tells only its coordinator: ask with the
+    coordinator's key (the test owns its files)."""
+    from prismn.identity import Identity
     from prismn.runtime.client import Hop, Pipeline
 
-    addrs = {p["id"]: p["data_addr"] for p in c.api("GET", "/v1/peers").json()["data"]}
+    me = Identity.load_or_create(c.tmp / "secrets" / "coordinator.key")
+    rows = {p["id"]: p for p in c.api("GET", "/v1/peers").json()["data"]}
     out = {}
     for pid in peers:
-        with Pipeline([Hop(pid, addrs[pid])]) as pipe:
-            out[pid] = pipe.infos[0]["sessions"]["open"]
+        with Pipeline([Hop(pid, rows[pid]["data_addr"], key=rows[pid]["public_key"])], identity=me) as pipe:
+            out[pid] = pipe.infos[0]
     return out
+
+
+def stage_sessions(c: Cluster, peers: list[str]) -> dict[str, int]:
+    """Sessions open on each stage, asked of the stage servers themselves."""
+    return {pid: info["sessions"]["open"] for pid, info in stage_infos(c, peers).items()}
 
 
 async def _chat(client: httpx.AsyncClient, url: str, prompt: str, max_tokens: int = 12) -> dict:
@@ -51,7 +59,30 @@ async def _chat(client: httpx.AsyncClient, url: str, prompt: str, max_tokens: in
     return r.json()
 
 
+@pytest.fixture(scope="module")
+def iroh_cluster(tmp_path_factory, chat_ckpt):
+    tmp = tmp_path_factory.mktemp("serving-iroh")
+    with Cluster(tmp, f"sqlite:///{tmp / 'coordinator.db'}", chat_ckpt, coordinator_args=[],
+                 transport="iroh").running(CITIES) as c:
+        yield c
+
+
 def test_32_concurrent_requests_each_get_their_solo_answer(cluster):
+    concurrent_requests_get_their_solo_answers(cluster)
+
+
+def test_32_concurrent_requests_over_iroh(iroh_cluster):
+    """The same over Iroh: peers publish only endpoint ids (no address in any assignment) and the stages
+    dial each other through the coordinator's address book."""
+    dep = concurrent_requests_get_their_solo_answers(iroh_cluster)
+    peers = {p["id"]: p for p in iroh_cluster.api("GET", "/v1/peers").json()["data"]}
+    for st in dep["plan"]["stages"]:
+        p = peers[st["peer"]]
+        assert p["transport"] == "iroh" and p["data_addr"] == f"iroh:{p['public_key']}"
+        assert p["endpoint"]["direct_addresses"], p
+
+
+def concurrent_requests_get_their_solo_answers(cluster) -> dict:
     dep = deploy(cluster, name="tiny-many", strategy="prismn", objective="latency")
     assert len(dep["plan"]["stages"]) >= 2, dep["plan"]["stages"]
     # the peers' memory bounds the sessions' KV caches: requests beyond it wait in the queue
@@ -77,6 +108,7 @@ def test_32_concurrent_requests_each_get_their_solo_answer(cluster):
     for b in together:
         for trace_stage in b["usage"]["carbon"]["stages"]:
             assert trace_stage["compute_ms"] > 0
+    return dep
 
 
 def test_a_client_that_leaves_frees_its_sessions_on_every_stage(cluster):
@@ -177,19 +209,12 @@ def test_a_full_deployment_answers_429_with_retry_after(cluster):
 
 
 def test_stopping_a_deployment_frees_its_stages_on_the_peers(cluster):
-    from prismn.runtime.client import Hop, Pipeline
-
     dep = [d for d in cluster.api("GET", "/v1/deployments").json()["data"]
            if d["state"] == "ready" and d["model"] == "tiny-one"][-1]
     peers = [s["peer"] for s in dep["plan"]["stages"]]
-    addrs = {p["id"]: p["data_addr"] for p in cluster.api("GET", "/v1/peers").json()["data"]}
 
     def loaded() -> list[bool]:
-        out = []
-        for pid in peers:
-            with Pipeline([Hop(pid, addrs[pid])]) as pipe:
-                out.append(pipe.infos[0]["stage"] is not None)
-        return out
+        return [info["stage"] is not None for info in stage_infos(cluster, peers).values()]
 
     assert all(loaded())
     assert cluster.api("DELETE", f"/v1/deployments/{dep['id']}").status_code == 200

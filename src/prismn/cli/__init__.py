@@ -27,11 +27,12 @@ def _register_all() -> None:
     catalog_cmds.register(app)
     carbon_cmds.register(app)
     try:  # these need torch / the server extras only when they run, not to be listed
-        from prismn.cli import runtime_cmds, server_cmds
+        from prismn.cli import admin_cmds, runtime_cmds, server_cmds
     except ImportError:
         return
     runtime_cmds.register(app)
     server_cmds.register(app)
+    admin_cmds.register(app)
 
 
 _register_all()

@@ -4,23 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
+import os
 import secrets
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import make_url
 
+from prismn.coordinator.auth import Credentials, PeerSignatures, peer_key, require_admin, require_join
 from prismn.coordinator.dashboard import dashboard_router
 from prismn.coordinator.deployments import Deployer, deployment_json
+from prismn.coordinator.errors import ApiError, NotFound
 from prismn.coordinator.metrics import Metrics
-from prismn.coordinator.openai_api import ApiError, router
+from prismn.coordinator.openai_api import router
 from prismn.coordinator.registry import Registry, UnknownPeer
 from prismn.coordinator.schemas import (
+    CredentialRequest,
     DeploymentLimits,
     DeploymentRequest,
     HeartbeatRequest,
@@ -30,34 +35,30 @@ from prismn.coordinator.schemas import (
 )
 from prismn.coordinator.settings import Settings
 from prismn.coordinator.store import ReceiptRow, Store
+from prismn.coordinator.views import peer_json, receipt_json
 from prismn.errors import PrismnError
+from prismn.identity import Identity
 
 log = logging.getLogger("prismn.coordinator")
 
 
 class State:
-    """Everything one coordinator holds; routes reach it through closures."""
+    """Everything one coordinator holds; routes reach it through closures and dependencies
+    (``request.app.state.prismn``)."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
         self.store = Store(settings.db_url)
-        self.token = self.store.join_token(settings.join_token)
+        self.secrets_dir = secrets_dir(settings)
+        self.credentials = Credentials(self.store)
+        self.secret_files = self.credentials.bootstrap(self.secrets_dir, settings.admin_key, settings.join_token,
+                                                       settings.api_key)
+        self.signatures = PeerSignatures()
+        # signs stage assignments and proves the coordinator to stages (the pipeline client is this key)
+        self.identity = Identity.load_or_create(self.secrets_dir / "coordinator.key")
         self.registry = Registry(self.store, settings)
-        self.deployer = Deployer(self.store, self.registry, settings, load_token=self.token)
+        self.deployer = Deployer(self.store, self.registry, settings, identity=self.identity)
         self.metrics = Metrics()
-
-    def check_token(self, request: Request) -> None:
-        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-        if not given or not hmac.compare_digest(given, self.token):
-            raise ApiError(401, "wrong or missing join token: pass the token the coordinator printed at start "
-                                "(Authorization: Bearer TOKEN)", "invalid_token")
-
-    def check_api_key(self, request: Request) -> None:
-        if self.settings.api_key is None:
-            return
-        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-        if not hmac.compare_digest(given, self.settings.api_key):
-            raise ApiError(401, "wrong or missing API key: set it as the client's api_key", "invalid_api_key")
 
     def store_receipt(self, dep_id: str, prompt: int, completion: int, receipt: dict[str, Any]) -> None:
         with self.store.session() as s:
@@ -78,10 +79,24 @@ class State:
                 if gone:
                     log.info("lease expired: %s (marked offline)", ", ".join(gone))
                     self.metrics.replans.inc(self.deployer.on_peers_offline(gone))
+                pruned = await asyncio.to_thread(self.registry.prune, self.deployer.peers_in_use())
+                if pruned:
+                    log.info("removed peers offline for over %.0f s: %s", self.settings.peer_retention_s,
+                             ", ".join(pruned))
                 self.metrics.peers_online.set(len(self.store.peers("online")))
                 self.metrics.deployments_ready.set(len(self.deployer.ready_models()))
             except Exception:  # never let the sweeper die: log and keep sweeping
                 log.exception("lease sweep failed")
+
+
+def secrets_dir(settings: Settings) -> Path:
+    """Where the coordinator's secret files live: as asked, else beside a SQLite store, else $PRISMN_HOME."""
+    if settings.secrets_dir:
+        return Path(settings.secrets_dir).expanduser()
+    url = make_url(settings.db_url)
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        return Path(url.database).expanduser().resolve().parent
+    return Path(os.environ.get("PRISMN_HOME") or Path.home() / ".cache" / "prismn")
 
 
 def _first_error(exc: RequestValidationError) -> str:
@@ -137,11 +152,16 @@ def create_app(settings: Settings) -> FastAPI:
         state.deployer.mark_restoring()
         sweeper = asyncio.get_running_loop().create_task(state.sweep())
         restore = asyncio.get_running_loop().create_task(state.deployer.restore())
+        from prismn.coordinator.replacement import start_replacer  # carbon re-placement clock (--replace)
+
+        replacer = start_replacer(state)
         try:
             yield
         finally:
             sweeper.cancel()
             restore.cancel()
+            if replacer is not None:
+                replacer.cancel()
             await state.deployer.shutdown()
 
     app = FastAPI(title="Prismn coordinator", lifespan=lifespan)
@@ -172,77 +192,116 @@ def create_app(settings: Settings) -> FastAPI:
     # the store is synchronous (SQLAlchemy): these handlers are plain functions, which FastAPI runs in
     # its thread pool, so heartbeats and listings never hold up the event loop that streams tokens
     @app.post("/v1/peers/join", response_model=JoinResponse)
-    def join(request: Request, req: JoinRequest) -> JoinResponse:
-        state.check_token(request)
-        row = state.registry.join(req)
-        log.info("peer %s joined from %s (%s, %.1f GiB)", row.id, row.data_addr, row.gpu, row.free_vram_gb)
+    def join(req: JoinRequest, _: Any = Depends(require_join), key: str = Depends(peer_key)) -> JoinResponse:
+        row = state.registry.join(req, key)
+        log.info("peer %s joined from %s (%s, %.1f GiB, key %s…)", row.id, row.data_addr, row.gpu,
+                 row.free_vram_gb, key[:12])
         return JoinResponse(peer_id=row.id, lease_s=settings.lease_s, heartbeat_s=settings.heartbeat_s,
-                            peers=state.registry.addresses(exclude=row.id))
+                            peers=state.registry.addresses(exclude=row.id), coordinator_key=state.identity.public)
 
     @app.post("/v1/peers/{peer_id}/heartbeat", response_model=HeartbeatResponse)
-    def heartbeat(peer_id: str, request: Request, req: HeartbeatRequest) -> HeartbeatResponse:
-        state.check_token(request)
+    def heartbeat(peer_id: str, req: HeartbeatRequest, _: Any = Depends(require_join),
+                  key: str = Depends(peer_key)) -> HeartbeatResponse:
         try:
-            state.registry.heartbeat(peer_id, req)
+            state.registry.heartbeat(peer_id, req, key)
         except UnknownPeer:
-            raise ApiError(404, f"peer {peer_id!r} is not registered: join first (POST /v1/peers/join)",
+            raise NotFound(f"peer {peer_id!r} is not registered: join first (POST /v1/peers/join)",
                            "unknown_peer") from None
-        return HeartbeatResponse(lease_expires_in_s=settings.lease_s, peers=state.registry.addresses(exclude=peer_id))
+        return HeartbeatResponse(lease_expires_in_s=settings.lease_s, peers=state.registry.addresses(exclude=peer_id),
+                                 coordinator_key=state.identity.public)
 
-    @app.get("/v1/peers")
-    def peers(request: Request) -> dict[str, Any]:
-        state.check_token(request)
-        rows = state.store.peers()
-        return {"data": [{"id": p.id, "status": p.status, "lat": p.lat, "lon": p.lon, "zone": p.zone,
-                          "city": p.city, "gpu": p.gpu, "free_vram_gb": p.free_vram_gb, "data_addr": p.data_addr,
-                          "measurements": p.measurements, "stage": p.stage, "joins": p.joins,
-                          "last_seen": p.last_seen.isoformat() + "Z"} for p in rows]}
+    @app.get("/v1/endpoints/{endpoint_id}", dependencies=[Depends(require_join)])
+    def endpoint(endpoint_id: str) -> dict[str, Any]:
+        """The address book for Iroh peers: dial an online peer by its endpoint id (= its key)."""
+        info = state.registry.endpoint(endpoint_id)
+        if info is None:
+            raise NotFound(f"no online Iroh peer has endpoint id {endpoint_id[:16]!r}", "unknown_endpoint")
+        return info
 
-    @app.post("/v1/deployments")
-    async def create_deployment(request: Request, req: DeploymentRequest) -> JSONResponse:
-        state.check_token(request)
+    @app.get("/v1/peers", dependencies=[Depends(require_admin)])
+    def peers() -> dict[str, Any]:
+        return {"data": [peer_json(p) for p in state.store.peers()]}
+
+    @app.delete("/v1/peers/{peer_id}", dependencies=[Depends(require_admin)])
+    def remove_peer(peer_id: str) -> dict[str, Any]:
+        if peer_id in state.deployer.peers_in_use():
+            raise ApiError(409, f"peer {peer_id!r} serves a live deployment: stop it first "
+                                "(DELETE /v1/deployments/ID)", "peer_in_use")
+        if not state.registry.remove(peer_id):
+            raise NotFound(f"no peer {peer_id!r}: list them with GET /v1/peers", "unknown_peer")
+        log.info("peer %s removed by the admin", peer_id)
+        return {"id": peer_id, "removed": True}
+
+    @app.post("/v1/deployments", dependencies=[Depends(require_admin)])
+    async def create_deployment(req: DeploymentRequest) -> JSONResponse:
         row = await state.deployer.create(req)
         body = deployment_json(row)
         return JSONResponse(status_code=201 if row.state == "ready" else 409 if row.state == "failed" else 202,
                             content=body)
 
-    @app.get("/v1/deployments")
-    def list_deployments(request: Request) -> dict[str, Any]:
-        state.check_token(request)
+    @app.get("/v1/deployments", dependencies=[Depends(require_admin)])
+    def list_deployments() -> dict[str, Any]:
         return {"data": [deployment_json(r) for r in state.store.deployments()]}
 
-    @app.get("/v1/deployments/{dep_id}")
-    async def get_deployment(dep_id: str, request: Request) -> dict[str, Any]:
-        state.check_token(request)
+    def no_deployment(dep_id: str) -> NotFound:
+        return NotFound(f"no deployment {dep_id!r}: list them with GET /v1/deployments", "unknown_deployment")
+
+    @app.get("/v1/deployments/{dep_id}", dependencies=[Depends(require_admin)])
+    async def get_deployment(dep_id: str) -> dict[str, Any]:
         try:
             return deployment_json(state.deployer.get(dep_id))
         except KeyError:
-            raise ApiError(404, f"no deployment {dep_id!r}: list them with GET /v1/deployments") from None
+            raise no_deployment(dep_id) from None
 
-    @app.patch("/v1/deployments/{dep_id}")
-    def limit_deployment(dep_id: str, request: Request, req: DeploymentLimits) -> dict[str, Any]:
-        state.check_token(request)
+    @app.patch("/v1/deployments/{dep_id}", dependencies=[Depends(require_admin)])
+    def limit_deployment(dep_id: str, req: DeploymentLimits) -> dict[str, Any]:
         try:
             return deployment_json(state.deployer.set_limits(dep_id, req.max_sessions, req.max_queue))
         except KeyError:
-            raise ApiError(404, f"no deployment {dep_id!r}: list them with GET /v1/deployments") from None
+            raise no_deployment(dep_id) from None
 
-    @app.delete("/v1/deployments/{dep_id}")
-    async def delete_deployment(dep_id: str, request: Request) -> dict[str, Any]:
-        state.check_token(request)
+    @app.delete("/v1/deployments/{dep_id}", dependencies=[Depends(require_admin)])
+    async def delete_deployment(dep_id: str) -> dict[str, Any]:
         try:
             return deployment_json(await state.deployer.stop(dep_id))
         except KeyError:
-            raise ApiError(404, f"no deployment {dep_id!r}: list them with GET /v1/deployments") from None
+            raise no_deployment(dep_id) from None
 
-    @app.get("/v1/receipts")
-    def receipts(request: Request, limit: int = Query(50, ge=1, le=1000),
-                       deployment: str | None = None) -> dict[str, Any]:
-        state.check_token(request)
-        return {"data": [{"id": r.id, "deployment": r.deployment_id, "created": r.created_at.isoformat() + "Z",
-                          "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
-                          "gco2e": r.gco2e, "joules": r.joules, "ms_per_token": r.ms_per_token,
-                          "receipt": r.receipt} for r in state.store.receipts(limit, deployment)]}
+    @app.get("/v1/receipts", dependencies=[Depends(require_admin)])
+    def receipts(limit: int = Query(50, ge=1, le=1000), deployment: str | None = Query(None, max_length=128)
+                 ) -> dict[str, Any]:
+        return {"data": [receipt_json(r) for r in state.store.receipts(limit, deployment)]}
+
+    # ---- credentials (admin) ------------------------------------------------------------------
+    def credential_json(r: Any) -> dict[str, Any]:
+        return {"id": r.id, "kind": r.kind, "label": r.label, "created": r.created_at.isoformat() + "Z",
+                "expires": r.expires_at.isoformat() + "Z" if r.expires_at else None,
+                "revoked": r.revoked_at.isoformat() + "Z" if r.revoked_at else None}
+
+    def credential_routes(kind: str, path: str) -> None:
+        def create(req: CredentialRequest) -> JSONResponse:
+            issued = state.credentials.issue(kind, req.label, req.ttl_s)
+            log.info("%s credential %s issued (%s)", kind, issued.id, req.label or "no label")
+            return JSONResponse(status_code=201, content={"id": issued.id, "kind": kind, "secret": issued.secret,
+                                                          "expires": issued.expires_at})
+
+        def listing() -> dict[str, Any]:
+            return {"data": [credential_json(r) for r in state.credentials.list(kind)]}
+
+        app.post(path, dependencies=[Depends(require_admin)], status_code=201, name=f"create_{kind}")(create)
+        app.get(path, dependencies=[Depends(require_admin)], name=f"list_{kind}")(listing)
+
+    credential_routes("join", "/v1/admin/join-tokens")
+    credential_routes("api", "/v1/admin/api-keys")
+
+    @app.delete("/v1/admin/credentials/{cred_id}", dependencies=[Depends(require_admin)])
+    def revoke(cred_id: str) -> dict[str, Any]:
+        row = state.credentials.revoke(cred_id)
+        if row is None:
+            raise NotFound(f"no credential {cred_id!r}: list them with GET /v1/admin/join-tokens or "
+                           "/v1/admin/api-keys", "unknown_credential")
+        log.info("credential %s revoked", cred_id)
+        return credential_json(row)
 
     @app.get("/metrics")
     async def metrics() -> Response:

@@ -78,28 +78,45 @@ def kv_token_budget(spec: ModelSpec, swarm: Swarm, stages: list[dict[str, Any]])
     return max(1, best if best is not None else cm.context)
 
 
-def _fastest_swap(plan: dict[str, Any], target: dict[str, Any], candidates: list[str], spec: ModelSpec,
-                  swarm: Swarm, cm: CostModel) -> tuple[str, float] | None:
-    """(peer, ms/token) of the candidate that can hold ``target``'s layers and keeps the plan fastest when it
-    takes that stage, judged by the evaluator; None if none fits."""
+def swap_metric(req: DeploymentRequest) -> str:
+    """What a peer swapped into a plan (a lost span's new home, a warm spare) is chosen by: the deployment's
+    own objective -- its carbon scope's metric when it asks for least carbon, latency otherwise."""
+    from prismn.placement.optimal import CARBON_METRICS, objective_from_request
+
+    preq = PlanRequest(preference=req.preference, objective=req.objective, weight=req.weight,
+                       max_latency_ms=req.max_latency_ms, max_gco2e=req.max_gco2e, carbon_scope=req.carbon_scope)
+    return CARBON_METRICS[req.carbon_scope] if objective_from_request(preq).kind == "carbon" else "latency_ms_per_token"
+
+
+def _best_swap(plan: dict[str, Any], target: dict[str, Any], candidates: list[str], spec: ModelSpec,
+               swarm: Swarm, cm: CostModel, metric: str = "latency_ms_per_token",
+               max_latency_ms: float | None = None) -> tuple[str, float] | None:
+    """(peer, value) of the candidate that can hold ``target``'s layers and keeps the plan best on ``metric``
+    (ties: faster) when it takes that stage, within ``max_latency_ms``, judged by the evaluator; None if
+    none fits."""
     n = target["layers"][1] - target["layers"][0]
-    best = None
+    best: tuple[str, float, float] | None = None
     for p in candidates:
         if p not in swarm.index or cm.max_layers(swarm.peer(p), target["embedding"], target["head"]) < n:
             continue
         stages = [Stage(p if st is target else st["peer"], st["layers"][0], st["layers"][1], st["embedding"],
                         st["head"]) for st in plan["stages"]]
         ev = evaluate_plan(Plan("swap", spec.name, stages), spec, swarm)
-        if ev.feasible and (best is None or ev.metrics["latency_ms_per_token"] < best[1]):
-            best = (p, ev.metrics["latency_ms_per_token"])
-    return best
+        lat = ev.metrics["latency_ms_per_token"]
+        if not ev.feasible or (max_latency_ms is not None and lat > max_latency_ms):
+            continue
+        value = float(ev.metrics.get(metric, lat))
+        if best is None or (value, lat) < (best[1], best[2]):
+            best = (p, value, lat)
+    return (best[0], best[1]) if best else None
 
 
 class Runner:
     """A loaded deployment: the pipeline client its requests share, tokenizer, plan and admission."""
 
     def __init__(self, dep_id: str, plan: dict[str, Any], addresses: dict[str, str], checkpoint: str,
-                 rtt: dict[str, dict[str, float]] | None, dtype: str, model: str, load_token: str | None = None):
+                 rtt: dict[str, dict[str, float]] | None, dtype: str, model: str, *, identity: Any = None,
+                 keys: dict[str, str] | None = None, assignment_ttl_s: float = 300.0, transport: Any = None):
         from prismn.runtime.client import Hop, PipelineClient
         from prismn.transport import RttMatrix
 
@@ -108,10 +125,14 @@ class Runner:
         self.checkpoint = checkpoint
         self.dtype = dtype
         self.model = model  # as clients name it: the stages put this name on their observed timings
-        self.load_token = load_token  # the join token: peers load stages only for their coordinator
-        hops = [Hop(s["peer"], addresses[s["peer"]], tuple(s["layers"]), s["embedding"], s["head"])
-                for s in plan["stages"]]
-        self.client = PipelineClient(hops, rtt=RttMatrix(rtt) if rtt else None)
+        # the coordinator's Identity: it proves itself to every stage and signs their assignments
+        self.identity = identity
+        self.assignment_ttl_s = assignment_ttl_s
+        keys = keys or {}
+        hops = [Hop(s["peer"], addresses[s["peer"]], tuple(s["layers"]), s["embedding"], s["head"],
+                    keys.get(s["peer"])) for s in plan["stages"]]
+        self.client = PipelineClient(hops, rtt=RttMatrix(rtt) if rtt else None, identity=self.identity,
+                                     transport=transport)
         self.tokenizer: Any = None
         self.end_ids: list[int] = []
         self.swarm: Swarm | None = None  # the swarm the plan was made on (for receipts)
@@ -132,8 +153,8 @@ class Runner:
                     max_queue: int = 64, queue_timeout_s: float = 60.0) -> None:
         await self.client.connect()
         if load:
-            await self.client.load(self.checkpoint, dtype=self.dtype, name=self.model, token=self.load_token,
-                                   deployment=self.dep_id)
+            await self.client.load(self.checkpoint, dtype=self.dtype, name=self.model, deployment=self.dep_id,
+                                   assignments=self.assignments(self.client.hops))
         self.client.check_chain()
         if self.tokenizer is None:
             from transformers import AutoTokenizer
@@ -144,6 +165,15 @@ class Runner:
             self.end_ids = end_of_turn_ids(self.tokenizer)
         self.kv_budget = kv_token_budget(spec, self.swarm, self.plan["stages"]) if (spec and self.swarm) else 1 << 30
         self.admit(max_sessions, max_queue, queue_timeout_s)
+
+    def assignments(self, hops: list[Any]) -> list[dict[str, Any]] | None:
+        """The signed assignment of each of ``hops`` (None without an identity: unsigned local stages)."""
+        if self.identity is None:
+            return None
+        from prismn.coordinator.assignments import sign_assignments
+
+        return sign_assignments(self.identity, hops, deployment=self.dep_id, model=self.model,
+                                checkpoint=self.checkpoint, dtype=self.dtype, ttl_s=self.assignment_ttl_s)
 
     def admit(self, max_sessions: int | None, max_queue: int, queue_timeout_s: float) -> None:
         """(Re)set admission: sessions at once (what the stages hold, or fewer if asked), the KV budget,
@@ -163,15 +193,47 @@ class Runner:
 
 
 class Deployer:
-    def __init__(self, store: Store, registry: Registry, settings: Settings, load_token: str | None = None):
+    def __init__(self, store: Store, registry: Registry, settings: Settings, identity: Any = None):
         self.store = store
-        self.load_token = load_token
+        self.identity = identity  # the coordinator's key: signs assignments, proves itself to stages
+        self.transport = self._transport()
         self.registry = registry
         self.settings = settings
         self.runners: dict[str, Runner] = {}  # deployment id -> its loaded runner
         self.by_model: dict[str, Runner] = {}  # the model name clients use -> the runner serving it now
         self._tasks: set[asyncio.Task[Any]] = set()
         self._replanning: set[str] = set()
+        self.moving: set[str] = set()  # deployments in a planned move (loading beside, or draining the old plan)
+
+    def _transport(self) -> Any:
+        """TCP to TCP peers; Iroh (made on first need, with the coordinator's key) to Iroh peers, dialled by
+        endpoint id with the addresses the registry holds (the address book)."""
+        from prismn.transport import MixedTransport, TcpTransport, make_transport
+
+        def make_iroh() -> Any:
+            t = make_transport("iroh", identity=self.identity, relay=self.settings.iroh_relay,
+                               relay_url=self.settings.iroh_relay_url)
+
+            async def resolve(eid: str) -> dict[str, Any] | None:
+                return await asyncio.to_thread(self.registry.endpoint, eid)
+
+            t.resolver = resolve  # type: ignore[attr-defined]
+            return t
+
+        return MixedTransport(TcpTransport(), make_iroh)
+
+    def runner(self, dep_id: str, plan: dict[str, Any], addresses: dict[str, str], checkpoint: str,
+               rtt: dict[str, dict[str, float]] | None, dtype: str, model: str) -> Runner:
+        """A Runner for ``plan`` that proves the coordinator's key to its stages, checks theirs, signs their
+        assignments and dials them over TCP or Iroh."""
+        return Runner(dep_id, plan, addresses, checkpoint, rtt, dtype, model, identity=self.identity,
+                      keys=self.registry.keys(), assignment_ttl_s=self.settings.assignment_ttl_s,
+                      transport=self.transport)
+
+    def peers_in_use(self) -> set[str]:
+        """Peers holding a stage or spare of a live deployment."""
+        return {s["peer"] for d in self.store.deployments() if d.plan and d.state in LIVE_STATES
+                for s in [*d.plan["stages"], *d.plan.get("spares", [])]}
 
     # ---- planning --------------------------------------------------------------------------
     def spec_for(self, model: str, dtype: str) -> tuple[ModelSpec, str]:
@@ -182,7 +244,8 @@ class Deployer:
     def plan(self, req: DeploymentRequest, spec: ModelSpec, swarm: Swarm) -> tuple[EvaluatedPlan, EvaluatedPlan]:
         """(the strategy's plan as judged, the runnable plan as judged) on the current swarm."""
         preq = PlanRequest(preference=req.preference, objective=req.objective, weight=req.weight,
-                           max_latency_ms=req.max_latency_ms, max_gco2e=req.max_gco2e, cost=CostOptions())
+                           max_latency_ms=req.max_latency_ms, max_gco2e=req.max_gco2e, cost=CostOptions(),
+                           carbon_scope=req.carbon_scope)
         chosen = make_plan(req.strategy, spec, swarm, preq)
         run = chosen
         stages = canonical(chosen) if chosen.plan.stages else []
@@ -224,7 +287,7 @@ class Deployer:
             swarm = await asyncio.to_thread(self.registry.swarm, online)
             swapped = self._swap_in_spare(row.plan, set(online), spec, swarm)
             if swapped is None:  # else only the lost spans move, to free peers
-                swapped = await asyncio.to_thread(self._swap_in_free_peers, row.plan, set(online), spec, swarm)
+                swapped = await asyncio.to_thread(self._swap_in_free_peers, row.plan, set(online), spec, swarm, req)
             if swapped is not None:  # same layer split; only the lost peers replaced
                 chosen = run = swapped
             else:
@@ -236,12 +299,15 @@ class Deployer:
                     and sp["peer"] not in {st["peer"] for st in plan_json["stages"]}] if swapped is not None else []
             rtt = self.emulated_rtt(swarm, [s["peer"] for s in plan_json["stages"]])
             plan_json["emulated_rtt_ms"] = rtt
+            from prismn.coordinator.replacement import carry_record  # moves and plan history survive re-plans
+
+            carry_record(row.plan, plan_json, row.error or f"re-planned ({row.state})")
             self._update(dep_id, state="loading", plan=plan_json, error=None)
             old = self._unserve(dep_id)
             if old:
                 await old.close()
-            runner = Runner(dep_id, plan_json, self.registry.addresses(), row.checkpoint, rtt, spec.dtype, spec.name,
-                            self.load_token)
+            runner = self.runner(dep_id, plan_json, self.registry.addresses(), row.checkpoint, rtt, spec.dtype,
+                                 spec.name)
             runner.swarm = swarm
             await runner.start(load=True, **self._admission(req, spec))
             self._serve(row.model, runner)
@@ -276,8 +342,8 @@ class Deployer:
             try:
                 # only peers that re-joined since the restart count; wait (bounded) for the plan's
                 addrs = await self._wait_for_peers([s["peer"] for s in row.plan["stages"]])
-                runner = Runner(row.id, row.plan, addrs, row.checkpoint, row.plan.get("emulated_rtt_ms"), req.dtype,
-                                req.model, self.load_token)
+                runner = self.runner(row.id, row.plan, addrs, row.checkpoint, row.plan.get("emulated_rtt_ms"),
+                                     req.dtype, req.model)
                 runner.swarm = self.registry.swarm([s["peer"] for s in row.plan["stages"]])
                 spec, _ = await asyncio.to_thread(self.spec_for, req.model, req.dtype)
                 await runner.start(load=False, **self._admission(req, spec))
@@ -355,10 +421,10 @@ class Deployer:
         return ev if ev.feasible else None
 
     def _swap_in_free_peers(self, old: dict[str, Any] | None, online: set[str], spec: ModelSpec,
-                            swarm: Swarm) -> EvaluatedPlan | None:
+                            swarm: Swarm, req: DeploymentRequest) -> EvaluatedPlan | None:
         """Re-plan only the lost spans: each lost stage goes, whole, to the free online peer that keeps the
-        plan fastest; every other stage stays where it is (and keeps its loaded weights). None when a lost
-        span fits no free peer (then the planner re-plans everything)."""
+        plan best on the deployment's objective (``swap_metric``); every other stage stays where it is (and
+        keeps its loaded weights). None when a lost span fits no free peer (then the planner re-plans)."""
         if not old or not old.get("stages"):
             return None
         lost = [st for st in old["stages"] if st["peer"] not in online]
@@ -370,7 +436,7 @@ class Deployer:
         for st in plan["stages"]:
             if st["peer"] in online:
                 continue
-            best = _fastest_swap(plan, st, free, spec, swarm, cm)
+            best = _best_swap(plan, st, free, spec, swarm, cm, swap_metric(req), req.max_latency_ms)
             if best is None:
                 return None
             st["peer"] = best[0]
@@ -383,7 +449,7 @@ class Deployer:
 
     async def _place_spares(self, dep_id: str, req: DeploymentRequest, spec: ModelSpec, runner: Runner) -> None:
         """Free peers that pre-load a copy of the plan's costliest stages (most layers to read again if
-        their peer is lost), each on the free peer that keeps the swapped plan fastest."""
+        their peer is lost), each on the free peer that keeps the swapped plan best on its objective."""
         plan = runner.plan
         taken = {s["peer"] for s in plan["stages"]} | {sp["peer"] for sp in plan.get("spares", [])}
         busy = {s["peer"] for d in self.store.deployments() if d.id != dep_id and d.plan and d.state in LIVE_STATES
@@ -400,19 +466,21 @@ class Deployer:
             target = next((st for st in order if tuple(st["layers"]) not in covered), None)
             if target is None:
                 break
-            best = _fastest_swap(plan, target, free, spec, swarm, cm)
+            best = _best_swap(plan, target, free, spec, swarm, cm, swap_metric(req), req.max_latency_ms)
             covered.add(tuple(target["layers"]))
             if best is None:
                 continue
             from prismn.runtime.client import Hop, PipelineClient
 
             pid = best[0]
-            hop = Hop(pid, self.registry.addresses()[pid], tuple(target["layers"]), target["embedding"], target["head"])
-            client = PipelineClient([hop])
+            hop = Hop(pid, self.registry.addresses()[pid], tuple(target["layers"]), target["embedding"], target["head"],
+                      self.registry.keys().get(pid))
+            client = PipelineClient([hop], identity=self.identity, transport=self.transport)
             try:
                 await client.connect()
-                await client.load(runner.checkpoint, dtype=runner.dtype, name=runner.model, token=self.load_token,
-                                  deployment=dep_id)
+                # a spare's assignment names no neighbours: it serves nothing until a swap re-assigns it
+                await client.load(runner.checkpoint, dtype=runner.dtype, name=runner.model, deployment=dep_id,
+                                  assignments=runner.assignments([hop]))
             except PrismnError as e:
                 log.info("deployment %s: warm spare on %s failed to load: %s", dep_id, pid, e)
                 continue
@@ -425,6 +493,80 @@ class Deployer:
             log.info("deployment %s: warm spare %s holds layers %s of %s", dep_id, pid, target["layers"],
                      target["peer"])
 
+    # ---- planned moves (carbon re-placement: prismn.coordinator.replacement) -----------------
+    async def move_to(self, dep_id: str, old: Runner, plan_json: dict[str, Any], swarm: Swarm, spec: ModelSpec,
+                      move: dict[str, Any]) -> bool:
+        """Load ``plan_json`` beside the running plan ``old`` (its peers are free or keep their identical
+        stage), then send new requests to it; requests in flight finish on ``old``, which is retired and its
+        peers unloaded once they are done (``_drain``). False, nothing changed, if the new plan does not
+        load or a failure re-planned the deployment meanwhile (``move["failed"]`` says why)."""
+        row = self.get(dep_id)
+        req = DeploymentRequest.model_validate(row.request)
+        fresh = {s["peer"] for s in plan_json["stages"]} - {h.peer_id for h in old.client.hops}
+        self.moving.add(dep_id)
+        runner = self.runner(dep_id, plan_json, self.registry.addresses(), row.checkpoint,
+                             plan_json.get("emulated_rtt_ms"), spec.dtype, spec.name)
+        runner.swarm = swarm
+        runner.tokenizer, runner.end_ids = old.tokenizer, old.end_ids
+        t0 = time.monotonic()
+        try:
+            await runner.start(load=True, **self._admission(req, spec))
+            if self.runners.get(dep_id) is not old or dep_id in self._replanning:
+                raise PrismnError("a failure re-planned the deployment while the new plan loaded")
+        except Exception as e:  # noqa: BLE001 - whatever failed, the old plan keeps serving
+            self.moving.discard(dep_id)
+            await runner.close()
+            live = {s["peer"] for s in (self.get(dep_id).plan or {}).get("stages", [])}
+            self._unload_later(fresh - live, spec.name, dep_id)
+            move["failed"] = str(e)
+            log.warning("deployment %s: move not made: %s", dep_id, e)
+            return False
+        move.update(load_s_measured=round(time.monotonic() - t0, 3), switched_at=time.time(),
+                    in_flight_at_switch=old.admission.active + old.admission.waiting)
+        runner.plan["spares"] = []  # the old spares copy old stages: freed after the drain, placed again then
+        self._serve(row.model, runner)
+        self._update(dep_id, plan=runner.plan, generation=row.generation + 1)
+        log.info("deployment %s moved to %s; %d request(s) finish on the old plan", dep_id,
+                 [s["peer"] for s in runner.plan["stages"]], move["in_flight_at_switch"])
+        task = asyncio.get_running_loop().create_task(self._drain(dep_id, old, move, req, spec))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return True
+
+    async def _drain(self, dep_id: str, old: Runner, move: dict[str, Any], req: DeploymentRequest,
+                     spec: ModelSpec) -> None:
+        """Once no request runs or waits on ``old`` (for a second: one handed it just before the switch has
+        begun by then), retire it and unload the peers the deployment's plan no longer uses."""
+        st = self.settings
+        deadline = time.monotonic() + st.request_timeout_s + st.queue_timeout_s
+        held = {h.peer_id for h in old.client.hops} | {sp["peer"] for sp in old.plan.get("spares", [])}
+        idle_since: float | None = None
+        try:
+            while time.monotonic() < deadline:
+                if old.admission.active or old.admission.waiting:
+                    idle_since = None
+                elif idle_since is None:
+                    idle_since = time.monotonic()
+                elif time.monotonic() - idle_since >= 1.0:
+                    break
+                await asyncio.sleep(0.1)
+            await old.close()
+            cur = self.runners.get(dep_id)
+            plan = cur.plan if cur is not None else (self.get(dep_id).plan or {})
+            gone = held - {s["peer"] for s in [*plan.get("stages", []), *plan.get("spares", [])]}
+            await self._unload(gone, old.model, dep_id)
+            move.update(drained_at=time.time(), unloaded=sorted(gone))
+            log.info("deployment %s: the old plan drained and was retired (unloaded %s)", dep_id, sorted(gone))
+            if cur is not None:
+                for m in plan.get("moves", []):
+                    if m.get("id") == move["id"]:
+                        m.update(move)
+                if req.spares:
+                    await self._place_spares(dep_id, req, spec, cur)
+                self._update(dep_id, plan=cur.plan)
+        finally:
+            self.moving.discard(dep_id)
+
     def _unload_later(self, peers: set[str], model: str, dep_id: str) -> None:
         """Free the stages of ``model`` on peers that no longer serve it (best effort, in the background)."""
         if peers:
@@ -433,17 +575,20 @@ class Deployer:
             task.add_done_callback(self._tasks.discard)
 
     async def _unload(self, peers: set[str], model: str, dep_id: str) -> None:
-        from prismn.transport import TcpTransport
+        from prismn.handshake import authenticate
 
         addrs = await asyncio.to_thread(self.registry.addresses)
+        keys = await asyncio.to_thread(self.registry.keys)
         for pid in sorted(peers):
             if pid not in addrs:
                 continue  # gone: nothing to free there
             try:
-                c = await TcpTransport().connect(addrs[pid], timeout=5.0)
+                c = await self.transport.connect(addrs[pid], timeout=5.0)
                 try:
+                    if self.identity is not None:
+                        await authenticate(c, self.identity, keys.get(pid))
                     # only this deployment's stage: a newer deployment on that peer keeps its own
-                    await c.send({"kind": "unload", "model": model, "deployment": dep_id, "token": self.load_token})
+                    await c.send({"kind": "unload", "model": model, "deployment": dep_id})
                     f = await asyncio.wait_for(c.recv(), 10.0)
                     log.info("peer %s %s its stage of %s", pid, "unloaded" if f and f.kind == "unloaded"
                              else "did not unload", model)
@@ -537,6 +682,7 @@ class Deployer:
             await r.close()
         self.runners.clear()
         self.by_model.clear()
+        await self.transport.close()
 
     # ---- store helpers ---------------------------------------------------------------------
     def get(self, dep_id: str) -> DeploymentRow:
@@ -569,5 +715,6 @@ def deployment_json(row: DeploymentRow) -> dict[str, Any]:
     return {
         "id": row.id, "model": row.model, "state": row.state, "error": row.error, "generation": row.generation,
         "request": row.request, "plan": plan, "predicted": plan.get("metrics"),
+        "moves": plan.get("moves", []),  # carbon re-placement: when, why, expected saving, move cost
         "created_at": row.created_at.isoformat() + "Z", "updated_at": row.updated_at.isoformat() + "Z",
     }

@@ -15,33 +15,18 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from prismn.coordinator.admission import Busy, TooLarge
+from prismn.coordinator.auth import require_client
 from prismn.coordinator.deployments import LIVE_STATES, Runner
+from prismn.coordinator.errors import ApiError
 from prismn.coordinator.receipts import build_receipt
 from prismn.coordinator.schemas import ChatCompletionRequest, CompletionRequest
 from prismn.errors import PrismnError
 from prismn.runtime.client import StageFailed
 from prismn.text import TextStream, prompt_ids
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, code: str | None = None, param: str | None = None,
-                 retry_after_s: int | None = None):
-        super().__init__(message)
-        self.status, self.message, self.code, self.param = status, message, code, param
-        self.retry_after_s = retry_after_s
-
-    def response(self) -> JSONResponse:
-        headers = {"Retry-After": str(self.retry_after_s)} if self.retry_after_s is not None else None
-        return JSONResponse(status_code=self.status, headers=headers, content=self.body())
-
-    def body(self) -> dict[str, Any]:
-        kind = ("rate_limit_error" if self.status == 429 else "invalid_request_error" if self.status < 500
-                else "server_error")
-        return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
 
 
 def _prompts(runner: Runner, req: ChatCompletionRequest | CompletionRequest) -> list[list[int]]:
@@ -179,7 +164,7 @@ def _sse(obj: dict[str, Any]) -> str:
 
 
 def router(state: Any) -> APIRouter:
-    r = APIRouter()
+    r = APIRouter(dependencies=[Depends(require_client)])  # an API key whenever keys are required
     settings = state.settings
 
     async def runner_for(model: str) -> Runner:
@@ -198,7 +183,6 @@ def router(state: Any) -> APIRouter:
 
     @r.get("/v1/models")
     async def models(request: Request) -> dict[str, Any]:
-        state.check_api_key(request)
         data = [{"id": name, "object": "model", "created": int(r.created), "owned_by": "prismn", "deployment": r.dep_id}
                 for name, r in sorted(state.deployer.by_model.items())]
         return {"object": "list", "data": data}
@@ -270,7 +254,6 @@ def router(state: Any) -> APIRouter:
             await asyncio.sleep(0.2)
 
     async def run(request: Request, req: ChatCompletionRequest | CompletionRequest, chat: bool) -> Any:
-        state.check_api_key(request)
         runner = await runner_for(req.model)
         gens = generations(runner, req)
         cid = ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import select
 
+from prismn.coordinator.auth import require_same_peer
+from prismn.coordinator.errors import ApiError
 from prismn.coordinator.schemas import HeartbeatRequest, JoinRequest
 from prismn.coordinator.settings import Settings
 from prismn.coordinator.store import PeerRow, Store, utcnow
@@ -35,9 +38,11 @@ class Registry:
     def __init__(self, store: Store, settings: Settings):
         self.store = store
         self.settings = settings
+        self._beats: dict[str, float] = {}  # peer id -> when its last heartbeat was taken (monotonic)
 
-    def join(self, req: JoinRequest) -> PeerRow:
-        """Register (or re-register) a peer and give it a fresh lease. Raises SwarmError on bad data."""
+    def join(self, req: JoinRequest, key: str) -> PeerRow:
+        """Register (or re-register) a peer whose requests ``key`` signed, and give it a fresh lease; its id
+        is bound to that key at first join. SwarmError on bad data, Forbidden for another key's id."""
         # the same validation as a swarm file: unknown GPU or zone is one clear line, nothing stored
         probe = {k: v for k, v in req.model_dump(include={"id", "lat", "lon", "free_vram_gb", "gpu", "zone",
                                                           "carbon_intensity", "pue", "bandwidth_mbps"}).items()
@@ -47,24 +52,36 @@ class Registry:
         lease = now + timedelta(seconds=self.settings.lease_s)
         fields: dict[str, Any] = req.model_dump(exclude={"id"})
         fields["measurements"] = [m.model_dump() for m in req.measurements]
+        endpoint = self._endpoint(req.transport, req.data_addr, key)
+        fields.pop("transport", None)
+        fields.pop("gpus", None)
+        fields["endpoint"] = endpoint
         with self.store.session() as s:
             row = s.get(PeerRow, req.id)
             if row is None:
-                row = PeerRow(id=req.id, joined_at=now, joins=1, **fields)
+                row = PeerRow(id=req.id, joined_at=now, joins=1, public_key=key, **fields)
                 s.add(row)
             else:
+                require_same_peer(row.public_key, key, req.id)
                 for k, v in fields.items():
                     setattr(row, k, v)
                 row.joins += 1
+                row.public_key = key
             row.status, row.last_seen, row.lease_expires = "online", now, lease
         return row
 
-    def heartbeat(self, peer_id: str, req: HeartbeatRequest) -> PeerRow:
+    def heartbeat(self, peer_id: str, req: HeartbeatRequest, key: str) -> PeerRow:
         now = utcnow()
+        last = self._beats.get(peer_id)
+        if last is not None and time.monotonic() - last < self.settings.min_heartbeat_interval_s:
+            raise ApiError(429, f"peer {peer_id} heartbeats too often: at most one per "
+                                f"{self.settings.min_heartbeat_interval_s:g} s", "rate_limited", retry_after_s=1)
         with self.store.session() as s:
             row = s.get(PeerRow, peer_id)
             if row is None:
                 raise UnknownPeer(peer_id)
+            require_same_peer(row.public_key, key, peer_id)
+            self._beats[peer_id] = time.monotonic()
             if req.free_vram_gb is not None:
                 row.free_vram_gb = req.free_vram_gb
             if req.measurements is not None:
@@ -73,6 +90,8 @@ class Registry:
                 row.rtt_ms = dict(req.rtt_ms)
             if req.stage is not None:
                 row.stage = req.stage
+            if req.transport is not None:
+                row.endpoint = self._endpoint(req.transport, row.data_addr, key)
             row.status, row.last_seen = "online", now
             row.lease_expires = now + timedelta(seconds=self.settings.lease_s)
         return row
@@ -109,6 +128,58 @@ class Registry:
             if row is not None:
                 row.status, row.lease_expires = "offline", utcnow()
 
+    @staticmethod
+    def _endpoint(info: dict[str, Any] | None, data_addr: str, key: str) -> dict[str, Any] | None:
+        """An Iroh peer's published endpoint, checked: its id is the peer's own key (the one that signed
+        the request), and it is the address the peer gave."""
+        if not data_addr.startswith("iroh:"):
+            return None
+        if data_addr != f"iroh:{key}":
+            raise ApiError(400, f"data_addr {data_addr!r} is not this peer's own endpoint (iroh:{key[:12]}…): an "
+                                "Iroh peer's endpoint id is its key", "bad_endpoint")
+        info = info or {}
+        addrs = info.get("direct_addresses") or []
+        relay = info.get("relay_url")
+        if info.get("endpoint_id", key) != key or not isinstance(addrs, list) or len(addrs) > 32 \
+                or not all(isinstance(a, str) and len(a) <= 64 for a in addrs) \
+                or not (relay is None or (isinstance(relay, str) and len(relay) <= 256)):
+            raise ApiError(400, "transport: the endpoint info must be {endpoint_id: this peer's key, "
+                                "direct_addresses: [HOST:PORT, ...] (at most 32), relay_url}", "bad_endpoint")
+        paths = info.get("paths") if isinstance(info.get("paths"), dict) else {}
+        return {"endpoint_id": key, "direct_addresses": addrs, "relay_url": relay,
+                "paths": {str(k)[:128]: v for k, v in list(paths.items())[:256] if isinstance(v, dict)}}
+
+    def endpoint(self, endpoint_id: str) -> dict[str, Any] | None:
+        """The address book: an online Iroh peer's endpoint info by its id (= its public key)."""
+        for p in self.store.peers("online"):
+            if p.public_key == endpoint_id and p.endpoint:
+                return {k: p.endpoint[k] for k in ("endpoint_id", "direct_addresses", "relay_url")}
+        return None
+
+    def remove(self, peer_id: str) -> bool:
+        """Forget a peer (its id may then be joined by another key)."""
+        with self.store.session() as s:
+            row = s.get(PeerRow, peer_id)
+            if row is None:
+                return False
+            s.delete(row)
+        self._beats.pop(peer_id, None)
+        return True
+
+    def prune(self, keep: set[str]) -> list[str]:
+        """Remove peers offline for longer than the retention period (except ``keep``); their ids."""
+        cutoff = utcnow() - timedelta(seconds=self.settings.peer_retention_s)
+        with self.store.session() as s:
+            rows = [r for r in s.scalars(select(PeerRow).where(PeerRow.status == "offline",
+                                                               PeerRow.last_seen < cutoff)) if r.id not in keep]
+            for r in rows:
+                s.delete(r)
+        return [r.id for r in rows]
+
+    def keys(self) -> dict[str, str]:
+        """Online peers' public keys."""
+        return {p.id: p.public_key for p in self.store.peers("online") if p.public_key}
+
     def addresses(self, exclude: str | None = None) -> dict[str, str]:
         return {p.id: p.data_addr for p in self.store.peers("online") if p.id != exclude}
 
@@ -116,7 +187,7 @@ class Registry:
         """The online peers as a Swarm for the planner (measured RTTs unless WAN is emulated)."""
         rows = [p for p in self.store.peers("online") if peer_ids is None or p.id in peer_ids]
         if not rows:
-            raise SwarmError("no peer is online: start peers with `prismn peer --coordinator URL --token T`")
+            raise SwarmError("no peer is online: start peers with `prismn peer --coordinator URL --token-file FILE`")
         ids = {p.id for p in rows}
         peers, rtt = [], {}
         for p in rows:
@@ -131,4 +202,4 @@ class Registry:
                 if row:
                     rtt[p.id] = row
         return parse_swarm({"coordinator": {"lat": self.settings.lat, "lon": self.settings.lon},
-                            "peers": peers, "rtt_ms": rtt})
+                            "peers": peers, "rtt_ms": rtt}, provider=getattr(self.settings, "carbon", None))

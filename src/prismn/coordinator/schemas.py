@@ -1,4 +1,5 @@
-"""Request and response bodies of the coordinator's HTTP API (validated at the boundary)."""
+"""Request and response bodies of the coordinator's HTTP API (validated at the boundary); the peers'
+messages (join, heartbeat) live in :mod:`prismn.protocol`, shared with the peer."""
 
 from __future__ import annotations
 
@@ -6,36 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from prismn.swarm import Measurement, PeerIn
-
-
-class JoinRequest(PeerIn):
-    """A peer as a swarm file describes it, plus where its stage server listens and what it measured."""
-
-    gpu: str = "CPU"
-    data_addr: str = Field(min_length=3, max_length=256, description="host:port of the peer's stage server")
-    rtt_ms: dict[str, float] = {}
-    stage: dict[str, Any] | None = None
-
-
-class JoinResponse(BaseModel):
-    peer_id: str
-    lease_s: float
-    heartbeat_s: float
-    peers: dict[str, str]  # other online peers' data addresses, to measure RTTs to
-
-
-class HeartbeatRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    free_vram_gb: float | None = Field(default=None, ge=0)
-    measurements: list[Measurement] | None = None
-    rtt_ms: dict[str, float] | None = None
-    stage: dict[str, Any] | None = None
-
-
-class HeartbeatResponse(BaseModel):
-    lease_expires_in_s: float
-    peers: dict[str, str]
+from prismn.protocol import HeartbeatRequest, HeartbeatResponse, JoinRequest, JoinResponse
 
 
 class DeploymentRequest(BaseModel):
@@ -45,6 +17,9 @@ class DeploymentRequest(BaseModel):
     objective: Literal["latency", "carbon", "balanced"] | None = None
     preference: Literal["low-carbon", "low-latency"] = "low-carbon"
     weight: float = Field(default=0.5, ge=0, le=1)
+    carbon_scope: Literal["reserved", "operational", "total"] = Field(
+        default="reserved", description="carbon the objective counts: reserved (every used peer held for the "
+                                        "whole step: idle draw, embodied), operational (compute time only) or total")
     max_latency_ms: float | None = Field(default=None, gt=0)
     max_gco2e: float | None = Field(default=None, gt=0)
     dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
@@ -169,3 +144,14 @@ class CompletionRequest(_Sampling):
 
     def prompts(self) -> list[str]:
         return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+
+__all__ = ["HeartbeatRequest", "HeartbeatResponse", "JoinRequest", "JoinResponse"]
+
+
+class CredentialRequest(BaseModel):
+    """POST /v1/admin/join-tokens or /v1/admin/api-keys: a new secret, shown once."""
+
+    model_config = ConfigDict(extra="forbid")
+    label: str | None = Field(default=None, max_length=128)
+    ttl_s: float | None = Field(default=None, gt=0, le=10 * 365 * 86400, allow_inf_nan=False,
+                                description="seconds until it expires (default: never; revoke it instead)")

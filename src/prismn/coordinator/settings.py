@@ -8,8 +8,19 @@ from dataclasses import dataclass
 @dataclass
 class Settings:
     db_url: str = "sqlite:///prismn.db"
-    join_token: str | None = None  # None: the stored one, or a new one
-    api_key: str | None = None  # when set, the OpenAI API requires it as a Bearer token
+    # secrets come from the environment (PRISMN_ADMIN_KEY, PRISMN_JOIN_TOKEN, PRISMN_API_KEY) or, made at
+    # first start, from owner-only files in secrets_dir; the store keeps only their hashes
+    join_token: str | None = None  # registered as a join token (never expires unless revoked)
+    api_key: str | None = None  # registered as an API key: the OpenAI API then requires one
+    admin_key: str | None = None  # registered as an admin key
+    secrets_dir: str | None = None  # admin.key, join.token, coordinator.key (default: beside a SQLite store)
+    require_api_key: bool = False  # the OpenAI API refuses calls without an API key (set beyond loopback)
+    peer_retention_s: float = 7 * 86400.0  # peers offline longer than this are removed
+    min_heartbeat_interval_s: float = 0.05  # a peer's heartbeats closer than this are refused (429)
+    assignment_ttl_s: float = 300.0  # a signed stage assignment must be loaded within this
+    # dialling Iroh peers (made on first need): n0's public relays, a self-hosted one, or none (LAN, tests)
+    iroh_relay: bool = True
+    iroh_relay_url: str | None = None
     lat: float = 0.0  # where the coordinator (the pipeline's client) stands
     lon: float = 0.0
     lease_s: float = 15.0
@@ -34,3 +45,7 @@ class Settings:
     first_token_deadline_floor_s: float = 10.0
     default_max_tokens: int = 128
     public_url: str = "http://127.0.0.1:8000"
+    # grid intensity over time (issue 13): the provider (chain) peers are priced with (None: default_provider()),
+    # and the re-placement policy (a prismn.coordinator.replacement.Policy; None: deployments never move for carbon)
+    carbon: object | None = None
+    replacement: object | None = None

@@ -7,6 +7,7 @@ restarted coordinator has every peer and deployment back.
 
 from __future__ import annotations
 
+import os
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,7 +21,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 
 from prismn.errors import PrismnError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: peers.public_key, credentials
 
 
 def utcnow() -> datetime:
@@ -58,6 +59,11 @@ class PeerRow(Base):
     last_seen: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     lease_expires: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     joins: Mapped[int] = mapped_column(Integer, default=1)
+    # the Ed25519 key the id was bound to at first join: only that key may heartbeat or re-join as it
+    public_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # an Iroh peer's published endpoint (id = its key, direct addresses, relay) and the paths it measured
+    # to other peers (direct or relayed, Iroh's RTT): the address book stages dial each other by
+    endpoint: Mapped[dict | None] = mapped_column(JSON, nullable=True)
 
 
 class DeploymentRow(Base):
@@ -87,8 +93,25 @@ class ReceiptRow(Base):
     receipt: Mapped[dict] = mapped_column(JSON)
 
 
+class CredentialRow(Base):
+    """A secret someone presents: only its SHA-256 is kept (the secrets are 32 random bytes, so a plain
+    hash cannot be brute-forced), with its role, expiry and revocation."""
+
+    __tablename__ = "credentials"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # public handle, e.g. for revoking
+    kind: Mapped[str] = mapped_column(String(16), index=True)  # admin | join | api
+    hash: Mapped[str] = mapped_column(String(64), unique=True)
+    label: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
 # Forward-only migrations: version -> SQL statements run once, in order, inside one transaction.
-MIGRATIONS: dict[int, list[str]] = {}
+MIGRATIONS: dict[int, list[str]] = {
+    2: ["ALTER TABLE peers ADD COLUMN public_key VARCHAR(64)",  # credentials: created by create_all
+        "ALTER TABLE peers ADD COLUMN endpoint JSON"],
+}
 
 
 class Store:
@@ -104,6 +127,8 @@ class Store:
         except OperationalError as e:
             reason = str(e.orig).strip().splitlines()[0] if e.orig else str(e)
             raise PrismnError(f"cannot open the store at {safe_url(url)} ({reason}): check --db") from None
+        if self.engine.url.get_backend_name() == "sqlite" and self.engine.url.database not in (None, "", ":memory:"):
+            os.chmod(self.engine.url.database, 0o600)  # it holds hashed secrets and peers' keys: owner only
 
     def _migrate(self) -> None:
         Base.metadata.create_all(self.engine)

@@ -1,28 +1,29 @@
 """The live snapshot the dashboard streams: peers, deployments, per-model numbers, receipts, events.
 
-Peers and receipts come from the coordinator's own GET /v1/peers and /v1/receipts (called in-process,
-so the page shows exactly what the API says); deployments from `deployment_json`. Added here only
+Peers and receipts are built by the same functions as GET /v1/peers and /v1/receipts
+(:mod:`prismn.coordinator.views`, so the page shows exactly what the API says); deployments from `deployment_json`. Added here only
 what those lack: each online peer's grid intensity and RTTs as the planner sees them, counters from
 the Prometheus registry, and a log of changes seen between snapshots.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import deque
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
-
 from prismn.coordinator.deployments import LIVE_STATES, deployment_json
+from prismn.coordinator.views import peer_json, receipt_json
 from prismn.errors import PrismnError
 from prismn.model import load_model_spec
 from prismn.placement import PlanRequest, make_plan
+from prismn.placement.optimal import CARBON_METRICS
 from prismn.swarm import CLIENT
 
-PRIVATE_PEER_FIELDS = ("data_addr",)  # the page is public: where a peer's stage server listens is not
+PRIVATE_PEER_FIELDS = ("data_addr", "public_key", "endpoint")  # the page is public: where a peer's stage server listens is not
 
 
 def _now() -> str:
@@ -39,19 +40,14 @@ class Live:
         self._seed: dict[tuple[str, int], dict[str, Any]] = {}
         self._cached: tuple[float, dict[str, Any] | None] = (0.0, None)
 
-    async def _api(self, path: str) -> list[dict[str, Any]]:
-        transport = httpx.ASGITransport(app=self.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://coordinator") as c:
-            r = await c.get(path, headers={"Authorization": f"Bearer {self.state.token}"})
-            r.raise_for_status()
-            return r.json()["data"]
-
     async def snapshot(self, max_age_s: float = 0.5) -> dict[str, Any]:
         at, snap = self._cached
         if snap is not None and time.monotonic() - at < max_age_s:
             return snap
-        peers = [{k: v for k, v in p.items() if k not in PRIVATE_PEER_FIELDS} for p in await self._api("/v1/peers")]
-        receipts = await self._api("/v1/receipts?limit=10")
+        store = self.state.store
+        peers = [{k: v for k, v in peer_json(p).items() if k not in PRIVATE_PEER_FIELDS}
+                 for p in await asyncio.to_thread(store.peers)]
+        receipts = [receipt_json(r) for r in await asyncio.to_thread(store.receipts, 10)]
         rows = self.state.store.deployments()
         deps = [deployment_json(r) for r in rows if r.state != "stopped"]
         self._add_planner_view(peers, deps)
@@ -166,11 +162,14 @@ class Live:
         except PrismnError as e:
             out: dict[str, Any] = {"note": f"seed plan not available: {e}"}
         else:
-            ours = (dep.plan.get("metrics") or {}).get("gco2e_per_token")
-            ok = seed.feasible and ours is not None
-            out = {"seed_gco2e_per_token": seed.metrics["gco2e_per_token"] if ok else None,
-                   "saved_g_per_token": seed.metrics["gco2e_per_token"] - ours if ok else None,
-                   "note": "predicted, same evaluator" if ok else "the seed's plan is infeasible here: "
-                   + "; ".join(seed.problems[:2])}
+            # compared on the carbon the deployment's plan minimised (its scope), by the same evaluator
+            metric = CARBON_METRICS.get(req.get("carbon_scope") or "reserved", "gco2e_per_token")
+            ours = (dep.plan.get("metrics") or {}).get(metric)
+            theirs = seed.metrics.get(metric)
+            ok = seed.feasible and ours is not None and theirs is not None
+            out = {"seed_gco2e_per_token": theirs if ok else None,
+                   "saved_g_per_token": theirs - ours if ok else None, "metric": metric,
+                   "note": f"predicted ({metric}), same evaluator" if ok else "the seed's plan is infeasible "
+                   "here: " + "; ".join(seed.problems[:2])}
         self._seed[key] = out
         return dict(out)

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+
+from prismn.identity import Identity
+from prismn.protocol import HeartbeatRequest, JoinRequest, request_bytes
 
 log = logging.getLogger("prismn.peer")
 
@@ -68,13 +72,23 @@ def benchmark(model: str, lock_file: str | None = None) -> dict[str, Any] | None
     return m
 
 
+def signed_headers(identity: Identity, method: str, path: str, raw: bytes) -> dict[str, str]:
+    """The headers that prove ``identity`` sent this request body (checked by the coordinator's auth)."""
+    ts = f"{time.time():.6f}"
+    sig = identity.sign(request_bytes(method, path, ts, raw))
+    return {"Content-Type": "application/json", "X-Prismn-Key": identity.public, "X-Prismn-Signature": f"{ts}.{sig}"}
+
+
 class PeerAgent:
-    def __init__(self, cfg: PeerConfig, server: Any = None):
+    def __init__(self, cfg: PeerConfig, server: Any = None, identity: Identity | None = None):
         self.cfg = cfg
         self.server = server
+        # the peer's key: its id is bound to it at first join, and it signs every join and heartbeat
+        self.identity = identity or (server.identity if server is not None and server.identity else Identity.generate())
         self.http = httpx.AsyncClient(base_url=cfg.coordinator.rstrip("/"), timeout=10.0,
                                       headers={"Authorization": f"Bearer {cfg.token}"})
         self.measurements: list[dict[str, Any]] = []
+        self.paths: dict[str, dict[str, Any]] = {}  # Iroh: peer id -> the path measured to it
         self.known_peers: dict[str, str] = {}
         self.rtt_ms: dict[str, float] = {}
         self.heartbeat_s = 5.0
@@ -86,6 +100,8 @@ class PeerAgent:
     @property
     def data_addr(self) -> str:
         addr = self.server.address if self.server is not None else f"{self.cfg.listen_host}:{self.cfg.listen_port}"
+        if addr.startswith("iroh:"):  # dialled by key: the coordinator's address book says where
+            return addr
         if self.cfg.advertise_host:
             addr = f"{self.cfg.advertise_host}:{addr.rsplit(':', 1)[1]}"
         return addr
@@ -113,7 +129,8 @@ class PeerAgent:
             self.rtt_ms["client"] = (time.perf_counter() - t0) * 1e3
         from prismn.transport import TcpTransport
 
-        transport = TcpTransport()
+        # over the stage server's own transport: an Iroh ping measures the path activations will take
+        transport = self.server.transport if self.server is not None else TcpTransport()
 
         async def one(pid: str, addr: str) -> None:
             try:
@@ -123,6 +140,8 @@ class PeerAgent:
                     await c.send({"kind": "ping"})
                     await asyncio.wait_for(c.recv(), 2.0)
                     self.rtt_ms[pid] = (time.perf_counter() - t0) * 1e3
+                    if hasattr(c, "path_info"):  # Iroh: direct or relayed, and Iroh's own RTT estimate
+                        self.paths[pid] = c.path_info()
                 finally:
                     await c.close()
             except Exception:  # an unreachable peer simply gets no measurement
@@ -136,11 +155,14 @@ class PeerAgent:
         body = {"id": c.peer_id, "lat": c.lat, "lon": c.lon, "free_vram_gb": c.free_vram_gb, "gpu": c.gpu,
                 "zone": c.zone, "city": c.city, "carbon_intensity": c.carbon_intensity, "pue": c.pue,
                 "bandwidth_mbps": c.bandwidth_mbps, "data_addr": self.data_addr,
-                "measurements": self.all_measurements(), "rtt_ms": self.rtt_ms, "stage": self.stage_info()}
-        r = await self.http.post("/v1/peers/join", json={k: v for k, v in body.items() if v is not None})
+                "measurements": self.all_measurements(), "rtt_ms": self.rtt_ms, "stage": self.stage_info(),
+                "transport": self.endpoint_info()}
+        r = await self._signed_post("/v1/peers/join", JoinRequest.model_validate(
+            {k: v for k, v in body.items() if v is not None}).model_dump(mode="json", exclude_none=True))
         if r.status_code != 200:
             raise RuntimeError(f"join refused ({r.status_code}): {_message(r)}")
         data = r.json()
+        self.trust(data)
         self.heartbeat_s = float(data["heartbeat_s"])
         self.known_peers = data.get("peers", {})
         self.joined = True
@@ -148,14 +170,41 @@ class PeerAgent:
         log.info("joined %s as %s (heartbeat every %.1f s)", c.coordinator, c.peer_id, self.heartbeat_s)
 
     async def heartbeat(self) -> None:
-        body = {"measurements": self.all_measurements(), "rtt_ms": self.rtt_ms, "stage": self.stage_info()}
-        r = await self.http.post(f"/v1/peers/{self.cfg.peer_id}/heartbeat", json=body)
+        body = HeartbeatRequest(measurements=self.all_measurements(), rtt_ms=self.rtt_ms, stage=self.stage_info(),
+                                transport=self.endpoint_info())
+        r = await self._signed_post(f"/v1/peers/{self.cfg.peer_id}/heartbeat", body.model_dump(mode="json"))
         if r.status_code == 404:  # the coordinator lost us (new store): join again
             self.joined = False
             raise RuntimeError("the coordinator does not know this peer any more; re-joining")
         if r.status_code != 200:
             raise RuntimeError(f"heartbeat refused ({r.status_code}): {_message(r)}")
         self.known_peers = r.json().get("peers", {})
+        self.trust(r.json())
+
+    def endpoint_info(self) -> dict[str, Any] | None:
+        """An Iroh peer's endpoint (id, direct addresses, relay) and measured paths, for the address book."""
+        t = getattr(self.server, "transport", None)
+        primary = getattr(t, "primary", t)
+        if primary is None or getattr(primary, "kind", "tcp") != "iroh":
+            return None
+        return {**primary.endpoint_info().to_json(), "paths": dict(self.paths)}
+
+    async def resolve_endpoint(self, endpoint_id: str) -> dict[str, Any] | None:
+        """Ask the coordinator's address book where an Iroh peer is now (dial by key)."""
+        r = await self.http.get(f"/v1/endpoints/{endpoint_id}")
+        return r.json() if r.status_code == 200 else None
+
+    def trust(self, answer: dict[str, Any]) -> None:
+        """The stage server takes signed assignments from the coordinator's key only."""
+        key = answer.get("coordinator_key")
+        if self.server is not None and isinstance(key, str) and self.server.trust != key:
+            log.info("stage server trusts the coordinator key %s…", key[:12])
+            self.server.trust = key
+
+    async def _signed_post(self, path: str, body: dict[str, Any]) -> httpx.Response:
+        """POST ``body`` signed with this peer's key (method, path, time, body hash)."""
+        raw = json.dumps(body, separators=(",", ":")).encode()
+        return await self.http.post(path, content=raw, headers=signed_headers(self.identity, "POST", path, raw))
 
     async def run(self) -> None:
         """Join, then heartbeat until stopped; every failure is retried with capped back-off."""

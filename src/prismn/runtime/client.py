@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prismn.errors import PrismnError
+from prismn.handshake import authenticate
 from prismn.protocol import StepItem, TokensFrame, dump, parse
 from prismn.transport import Connection, RttMatrix, TcpTransport, Transport, TransportError
 from prismn.wire import Frame, WireError, check_tensor, to_tensor
@@ -55,6 +56,7 @@ class Hop:
     layers: tuple[int, int] | None = None
     embedding: bool | None = None
     head: bool | None = None
+    key: str | None = None  # the stage's public key: checked in the handshake when the client has an identity
 
 
 @dataclass
@@ -116,11 +118,15 @@ class PipelineClient:
         client_id: str = "client",
         timeout_s: float = 300.0,
         prefill_chunk: int = 128,
+        identity: Any = None,
     ):
         if not hops:
             raise PipelineError("a pipeline needs at least one stage: pass --peer NAME=HOST:PORT")
         self.hops = list(hops)
         self.transport = transport or TcpTransport()
+        #: an :class:`~prismn.identity.Identity`: when given, every stage connection starts with the
+        #: handshake (signed-mode stages answer nothing else) and each stage's key is checked
+        self.identity = identity
         self.rtt = rtt
         self.client_id = client_id
         self.timeout_s = timeout_s
@@ -266,7 +272,13 @@ class PipelineClient:
                 for i, hop in enumerate(self.hops):
                     try:
                         c = await self.transport.connect(hop.address)
-                    except TransportError as e:
+                        if self.identity is not None:
+                            try:
+                                await authenticate(c, self.identity, hop.key)
+                            except BaseException:
+                                await c.close()
+                                raise
+                    except (TransportError, TimeoutError, ConnectionError, OSError) as e:
                         raise StageFailed(f"{self._who(i)}: {e}", hop.peer_id) from None
                     if self.rtt is not None:
                         c.set_delay(self.rtt.one_way_s(self.client_id, hop.peer_id))
@@ -286,19 +298,24 @@ class PipelineClient:
 
     async def load(self, checkpoint: str, *, dtype: str | None = None, device: str | None = None,
                    bench: bool = False, name: str | None = None, token: str | None = None,
-                   deployment: str | None = None) -> list[dict[str, Any]]:
+                   deployment: str | None = None,
+                   assignments: Sequence[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
         """Ask bare stage servers to load the plan's layers of ``checkpoint`` (a path on each peer);
         ``name`` is the model as callers name it, which the stages put on their measurements;
-        ``deployment`` tags the stage, so that only that deployment's unload can drop it."""
+        ``deployment`` tags the stage, so that only that deployment's unload can drop it.
+        ``assignments``: one signed assignment per hop (signed-mode stages load only what it says)."""
         for hop in self.hops:
             if hop.layers is None:
                 raise PipelineError(f"peer {hop.peer_id} has no layer range to load: give one in the plan")
+        if assignments is not None and len(assignments) != len(self.hops):
+            raise PipelineError("one signed assignment per stage is needed")
         await asyncio.gather(*(
             c.send({"kind": "load", "checkpoint": checkpoint, "layers": list(hop.layers or ()),
                     "embedding": hop.embedding, "head": hop.head, "dtype": dtype, "device": device, "bench": bench,
                     **({"model": name} if name else {}), **({"token": token} if token else {}),
-                    **({"deployment": deployment} if deployment else {})})
-            for c, hop in zip(self.conns, self.hops, strict=True)
+                    **({"deployment": deployment} if deployment else {}),
+                    **({"assignment": assignments[i]} if assignments is not None else {})})
+            for i, (c, hop) in enumerate(zip(self.conns, self.hops, strict=True))
         ))
         await self._collect({"loaded"}, set(range(len(self.hops))), timeout=max(self.timeout_s, 600))
         return await self.refresh_info()
@@ -547,10 +564,10 @@ class Pipeline:
     """Synchronous facade: ``for ev in Pipeline(hops, tokenizer=tok).generate("Hi"): print(ev.text)``."""
 
     def __init__(self, hops: Sequence[Hop], *, rtt: RttMatrix | None = None, tokenizer: Any = None,
-                 timeout_s: float = 300.0, transport: Transport | None = None):
+                 timeout_s: float = 300.0, transport: Transport | None = None, identity: Any = None):
         self.loop = asyncio.new_event_loop()
         self.tokenizer = tokenizer
-        self.client = PipelineClient(hops, rtt=rtt, timeout_s=timeout_s, transport=transport)
+        self.client = PipelineClient(hops, rtt=rtt, timeout_s=timeout_s, transport=transport, identity=identity)
         self._stats = GenerationStats()
         try:
             self.infos = self._run(self.client.connect())

@@ -23,6 +23,15 @@ Protocol (frames of :mod:`prismn.wire`; every reply goes back on the connection 
 ``close``  {session} → ``closed``; frees the session's KV cache.
 ``bench``  → ``bench`` {measurement}: re-run the self-benchmark now.
 
+Signed mode (a peer started by ``prismn peer``: ``identity`` and ``trust`` given): a connection must
+first prove its key (:mod:`prismn.handshake`: ``hello`` → ``challenge`` → ``auth``; Iroh proves it in
+the transport). Only ``ping`` needs no key. The coordinator (``trust``) may load, unload, bench and
+read info; a load carries a :class:`~prismn.protocol.SignedAssignment` (signed by ``trust``, naming
+this peer's key, not expired) and the stage serves exactly what it says: sessions are opened only by
+its ``client``, steps come only from its ``upstream`` (or the client), and it forwards only to its
+``downstream``, whose key it checks when dialling. Anything else gets one ``error`` frame and the
+connection is closed; no session of anyone else is touched.
+
 A frame that is malformed, truncated, oversized or carries a tensor of the wrong dtype, shape or size
 closes that connection with a logged reason; the server keeps serving everyone else.
 """
@@ -41,7 +50,9 @@ import statistics
 import time
 from typing import Any
 
-from prismn.protocol import StepFrame, StepItem, TokenItem, dump, parse
+from prismn.handshake import StageHandshake, authenticate
+from prismn.identity import Identity, verify_json
+from prismn.protocol import Assignment, SignedAssignment, StepFrame, StepItem, TokenItem, dump, parse
 from prismn.runtime import RuntimeStageError
 from prismn.runtime.sessions import Session, SessionError, SessionLimits, SessionStore
 from prismn.transport import Connection, RttMatrix, TcpTransport, Transport, TransportError
@@ -76,6 +87,18 @@ def _req(h: dict[str, Any], key: str, typ: type | tuple[type, ...], what: str) -
     return v
 
 
+class Refused(WireError):
+    """A frame its sender may not send (not authenticated, or not in the stage's signed assignment)."""
+
+
+# what each role may send once authenticated (signed mode); "ping" needs no key at all
+ALLOWED = {
+    "coordinator": {"info", "load", "unload", "bench", "open", "close", "step", "error", "pong", "closed"},
+    "client": {"info", "open", "close", "step", "error", "pong", "closed"},
+    "upstream": {"step", "error", "pong", "closed"},
+}
+
+
 class StageServer:
     def __init__(
         self,
@@ -90,8 +113,17 @@ class StageServer:
         default_dtype: str = "fp32",
         default_device: str | None = None,
         load_token: str | None = None,
+        identity: Identity | None = None,
+        trust: str | None = None,
     ):
+        if trust is not None and identity is None:
+            raise ValueError("a signed-mode stage server needs its own identity")
         self.stage = stage
+        self.identity = identity
+        #: the coordinator's public key: when set, the server runs in signed mode (see the module doc)
+        self.trust = trust
+        self.assignment: Assignment | None = None
+        self._hs: dict[Connection, StageHandshake] = {}
         self.limits = limits
         self.peer_id = peer_id
         self.allow_load = (stage is None) if allow_load is None else allow_load
@@ -216,23 +248,33 @@ class StageServer:
     # ------------------------------------------------------------------------------ connections
     async def handle(self, conn: Connection) -> None:
         self._conns.add(conn)
+        if self.trust is not None and self.identity is not None:
+            self._hs[conn] = StageHandshake(self.identity, conn)
         self.stats["connections"] += 1
         frame: Frame | None = None
         try:
             while True:
-                if hasattr(conn, "limits"):
-                    conn.limits = self.wire_limits()  # type: ignore[attr-defined]
+                if hasattr(conn, "limits"):  # a stranger (signed mode, no key yet) sends no tensors at all
+                    stranger = self.trust is not None and self.role(conn) is None
+                    conn.limits = Limits(max_payload=0) if stranger else self.wire_limits()  # type: ignore[attr-defined]
                 frame = None
                 frame = await conn.recv()
                 if frame is None:
                     return
                 await self.dispatch(conn, frame)
+        except Refused as e:
+            self.stats["refused"] = self.stats.get("refused", 0) + 1
+            log.warning("refused %s from %s: %s", frame.kind if frame else "a frame", conn.remote, e)
+            with contextlib.suppress(ConnectionError, OSError):
+                await conn.send({"kind": "error", "session": None, "peer": self.peer_id, "message": f"refused: {e}"})
+            await conn.close()
         except WireError as e:
             await self._reject(conn, str(e), frame)
         except (ConnectionError, OSError) as e:
             log.info("connection from %s dropped: %s", conn.remote, e)
         finally:
             self._conns.discard(conn)
+            self._hs.pop(conn, None)
             gone = self.sessions.close_where(lambda s: s.attrs.get("client") is conn)
             if gone:
                 log.info("client at %s left; freed %d session(s)", conn.remote, len(gone))
@@ -240,7 +282,9 @@ class StageServer:
     async def _reject(self, conn: Connection, reason: str, frame: Frame | None) -> None:
         self.stats["rejected_frames"] += 1
         log.warning("closing connection from %s: %s", conn.remote, reason)
-        if frame is not None:  # the sessions it named cannot go on: their step is lost
+        # the sessions it named cannot go on (their step is lost) -- unless the sender is a stranger,
+        # whose frames must never end anyone else's session
+        if frame is not None and (self.trust is None or self.role(conn) is not None):
             items = frame.header.get("items")
             named = [it.get("session") for it in items if isinstance(it, dict)] if isinstance(items, list) else []
             for sid in [frame.header.get("session"), *named[:1024]]:
@@ -269,9 +313,50 @@ class StageServer:
             await conn.send({"kind": "error", "session": sid if isinstance(sid, str) else None,
                              "peer": self.peer_id, "message": message})
 
+    def role(self, conn: Connection) -> str | None:
+        """Who the authenticated key on ``conn`` is to this stage (signed mode); None: nobody."""
+        hs = self._hs.get(conn)
+        key = hs.key if hs is not None else None
+        if key is None:
+            return None
+        if key == self.trust:
+            return "coordinator"
+        a = self.assignment
+        if a is not None and key == a.client:
+            return "client"
+        if a is not None and a.upstream is not None and key == a.upstream.key:
+            return "upstream"
+        return None
+
+    async def _gate(self, conn: Connection, kind: str, h: dict[str, Any]) -> bool:
+        """Signed mode: run the handshake, refuse what the sender may not send. True: dispatch the frame."""
+        if kind == "ping":
+            return True
+        hs = self._hs.get(conn)
+        if hs is None:  # signed mode switched on after this connection came in
+            hs = self._hs[conn] = StageHandshake(self.identity, conn)  # type: ignore[arg-type]
+        if kind == "hello":
+            if hs.key is not None:
+                raise Refused("this connection is already authenticated")
+            await hs.on_hello(h)
+            return False
+        if kind == "auth":
+            hs.on_auth(h)
+            return False
+        if hs.key is None:
+            raise Refused(f"{kind!r} needs an authenticated key: this stage serves only its coordinator's "
+                          "signed pipeline")
+        role = self.role(conn)
+        if role is None or kind not in ALLOWED[role]:
+            raise Refused(f"key {hs.key[:12]}… may not send {kind!r} to stage {self.peer_id}"
+                          + ("" if role else " (it is not in this stage's signed assignment)"))
+        return True
+
     async def dispatch(self, conn: Connection, frame: Frame) -> None:
         kind = frame.kind
         h = frame.header
+        if self.trust is not None and not await self._gate(conn, kind, h):
+            return
         if kind == "step":
             await self.on_step(conn, frame)
         elif kind == "info":
@@ -289,7 +374,7 @@ class StageServer:
         elif kind == "unload":
             await self.on_unload(conn, h)
         elif kind == "bench":
-            await self.on_bench(conn)
+            await self.on_bench(conn, h)
         elif kind in ("error", "pong", "closed"):
             log.info("%s from %s: %s", kind, conn.remote, h.get("message", ""))
         else:
@@ -323,24 +408,52 @@ class StageServer:
             log.info("unloaded layers %d:%d of %s (%d session(s) freed)", self.stage.start, self.stage.end,
                      self.stage.model_name, len(freed))
             self.stage, self.measurement, self.served_name, self.served_deployment = None, None, None, None
+            self.assignment = None
             self._decode_s.clear()
             import gc
 
             gc.collect()  # the weights' memory goes back now, not at some later collection
         await conn.send({**self.info(), "kind": "unloaded"})
 
+    def _verified(self, h: dict[str, Any]) -> Assignment:
+        """The load's signed assignment, if the coordinator signed it for this peer and it is still valid."""
+        raw = h.get("assignment")
+        if not isinstance(raw, dict):
+            raise Refused("a load must carry the coordinator's signed assignment")
+        sa: SignedAssignment = parse(SignedAssignment, raw)
+        a = sa.assignment
+        assert self.trust is not None and self.identity is not None
+        if not verify_json(self.trust, sa.signature, a.model_dump(mode="json")):
+            raise Refused("the assignment's signature is not the coordinator's")
+        if a.peer_key != self.identity.public:
+            raise Refused(f"the assignment is for peer {a.peer} ({a.peer_key[:12]}…), not this one")
+        if a.expires_at < time.time():
+            raise Refused("the assignment has expired: ask the coordinator for a fresh one")
+        if not (0 <= a.layers[0] < a.layers[1]):
+            raise Refused("the assignment's layer range is empty")
+        return a
+
     async def on_load(self, conn: Connection, h: dict[str, Any]) -> None:
         if not await self._may_load(conn, h, "load"):
             return
-        ckpt_ref = _req(h, "checkpoint", str, "a checkpoint folder or model name")
-        layers = h.get("layers")
-        if not (isinstance(layers, list) and len(layers) == 2 and all(isinstance(x, int) for x in layers)):
-            raise WireError("'layers' must be [start, end]")
-        dtype = h.get("dtype") or self.default_dtype
-        device = h.get("device") or self.default_device
-        bench = bool(h.get("bench", self.bench))
-        emb, head = h.get("embedding"), h.get("head")
-        name, dep = h.get("model"), h.get("deployment")
+        assignment = None
+        if self.trust is not None:  # signed mode: the assignment says what to load, nothing else does
+            assignment = self._verified(h)
+            ckpt_ref, layers = assignment.checkpoint, list(assignment.layers)
+            dtype, device = assignment.dtype, self.default_device
+            emb, head = assignment.embedding, assignment.head
+            name, dep = assignment.model, assignment.deployment
+            bench = bool(h.get("bench", self.bench))
+        else:
+            ckpt_ref = _req(h, "checkpoint", str, "a checkpoint folder or model name")
+            layers = h.get("layers")
+            if not (isinstance(layers, list) and len(layers) == 2 and all(isinstance(x, int) for x in layers)):
+                raise WireError("'layers' must be [start, end]")
+            dtype = h.get("dtype") or self.default_dtype
+            device = h.get("device") or self.default_device
+            bench = bool(h.get("bench", self.bench))
+            emb, head = h.get("embedding"), h.get("head")
+            name, dep = h.get("model"), h.get("deployment")
         if name is not None and not (isinstance(name, str) and 0 < len(name) <= 200):
             raise WireError("'model' must be the model's name (a string of at most 200 characters)")
         if dep is not None and not (isinstance(dep, str) and 0 < len(dep) <= 128):
@@ -354,6 +467,7 @@ class StageServer:
             # time-to-recover is not spent reading them a second time
             log.info("load of layers %d:%d of %s: already loaded, kept", st0.start, st0.end, st0.model_name)
             self.served_deployment = dep
+            self.assignment = assignment  # the neighbours may have changed (a span moved)
             await conn.send({**self.info(), "kind": "loaded", "reused": True})
             return
 
@@ -379,12 +493,18 @@ class StageServer:
         if freed:
             log.info("loading a new stage freed %d session(s)", len(freed))
         self.stage, self.measurement, self.served_name, self.served_deployment = stage, m, name, dep
+        self.assignment = assignment
         self._decode_s.clear()
         log.info("loaded layers %d:%d of %s", stage.start, stage.end, stage.model_name)
         await conn.send({**self.info(), "kind": "loaded"})
 
-    async def on_bench(self, conn: Connection) -> None:
-        """Re-run the self-benchmark now (e.g. once all local stages have finished loading)."""
+    async def on_bench(self, conn: Connection, h: dict[str, Any]) -> None:
+        """Re-run the self-benchmark now (e.g. once all local stages have finished loading). It keeps the
+        machine busy: with a load token (or in signed mode) only its holder may ask."""
+        if self.load_token is not None and not hmac.compare_digest(
+                str(h.get("token") or "").encode(), self.load_token.encode()):
+            await self._error(conn, None, "bench refused: wrong or missing load token")
+            return
         if self.stage is None:
             await self._error(conn, None, f"stage {self.peer_id} has no model loaded")
             return
@@ -439,8 +559,15 @@ class StageServer:
                 next_dtype = canonical_dtype(h.get("next_dtype") or st.dtype_name)
                 if next_dtype not in FLOAT_DTYPES:
                     raise WireError("'next_dtype' must be a float dtype")
+                expect = None
+                if self.trust is not None:  # forward only to the signed downstream, whose key we check
+                    down = self.assignment.downstream if self.assignment is not None else None
+                    if down is None or nxt != down.address:
+                        raise SessionError(f"refused: 'next' {nxt!r} is not this stage's signed downstream"
+                                      + (f" ({down.peer} at {down.address})" if down else " (it has none)"))
+                    expect = down.key
                 delay = rtt.one_way_s(me, str(emulate.get("next"))) if rtt is not None and emulate else 0.0
-                next_conn = await self._next_connection(nxt, delay)
+                next_conn = await self._next_connection(nxt, delay, expect)
             if rtt is not None and emulate:
                 conn.set_delay(rtt.one_way_s(me, str(emulate.get("client", "client"))))
             self.sessions.open(sid, st.new_cache, max_context, client=conn, next=next_conn, next_dtype=next_dtype,
@@ -450,14 +577,21 @@ class StageServer:
             return
         await conn.send({"kind": "opened", "session": sid, "peer": self.peer_id})
 
-    async def _next_connection(self, address: str, delay: float) -> Connection:
+    async def _next_connection(self, address: str, delay: float, expect: str | None = None) -> Connection:
         key = (address, round(delay, 6))
         async with self._pool_lock:
             c = self._next_pool.get(key)
-            if c is not None and not c.closed:
+            if c is not None and not c.closed and getattr(c, "prismn_key", None) == expect:
                 return c
             try:
                 c = await self.transport.connect(address)
+                if expect is not None and self.identity is not None:
+                    try:
+                        await authenticate(c, self.identity, expect)
+                    except (TransportError, TimeoutError, ConnectionError, OSError) as e:
+                        await c.close()
+                        raise TransportError(f"handshake with {address} failed: {e}") from None
+                    c.prismn_key = expect  # type: ignore[attr-defined]
             except TransportError as e:
                 raise TransportError(f"stage {self.peer_id} cannot reach its next hop: {e}") from None
             c.set_delay(delay)

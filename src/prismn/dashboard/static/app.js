@@ -325,7 +325,7 @@ function drawCompare() {
 function updateDeployButton() {
   const b = $("deploy");
   b.disabled = !(S.selected && S.selected.feasible && S.admin);
-  if (!S.admin) $("deploy-msg").textContent = "Enter the admin token to deploy.";
+  if (!S.admin) $("deploy-msg").textContent = "Enter the admin key to deploy.";
   else if (!S.selected || !S.selected.feasible) $("deploy-msg").textContent = "Select a feasible plan.";
   else if ($("deploy-msg").dataset.sticky !== "1") $("deploy-msg").textContent = "";
 }
