@@ -13,7 +13,6 @@ cannot be replayed. Its id is bound to its key at first join.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import secrets
 import threading
 import time
@@ -55,7 +54,6 @@ class Credentials:
 
     def __init__(self, store: Store):
         self.store = store
-        self._lock = threading.Lock()
         self._api_keys_exist: bool | None = None
 
     def issue(self, kind: str, label: str | None = None, ttl_s: float | None = None) -> Issued:
@@ -79,13 +77,14 @@ class Credentials:
             return row.id
 
     def check(self, secret: str, kinds: tuple[str, ...]) -> CredentialRow | None:
-        """The live credential of one of ``kinds`` that ``secret`` is, else None (constant-time compare)."""
+        """The live credential of one of ``kinds`` that ``secret`` is, else None (looked up by its hash: the
+        secret itself is never compared or stored)."""
         if not secret:
             return None
         h = digest(secret)
         with self.store.session() as s:
             row = s.scalars(select(CredentialRow).where(CredentialRow.hash == h)).first()
-        if row is None or not hmac.compare_digest(row.hash, h) or row.kind not in kinds:
+        if row is None or row.kind not in kinds:
             return None
         if row.revoked_at is not None or (row.expires_at is not None and row.expires_at < utcnow()):
             return None

@@ -230,9 +230,9 @@ class Deployer:
                       keys=self.registry.keys(), assignment_ttl_s=self.settings.assignment_ttl_s,
                       transport=self.transport)
 
-    def peers_in_use(self) -> set[str]:
-        """Peers holding a stage or spare of a live deployment."""
-        return {s["peer"] for d in self.store.deployments() if d.plan and d.state in LIVE_STATES
+    def peers_in_use(self, exclude: str | None = None) -> set[str]:
+        """Peers holding a stage or spare of a live deployment (other than ``exclude``)."""
+        return {s["peer"] for d in self.store.deployments() if d.id != exclude and d.plan and d.state in LIVE_STATES
                 for s in [*d.plan["stages"], *d.plan.get("spares", [])]}
 
     # ---- planning --------------------------------------------------------------------------
@@ -279,8 +279,7 @@ class Deployer:
         req = DeploymentRequest.model_validate(row.request)
         try:
             # a peer serves one stage at a time: peers busy with another live deployment are not candidates
-            busy = {s["peer"] for d in self.store.deployments() if d.id != dep_id and d.plan
-                    and d.state in LIVE_STATES for s in [*d.plan["stages"], *d.plan.get("spares", [])]}
+            busy = self.peers_in_use(exclude=dep_id)
             online = [p.id for p in self.store.peers("online") if p.id not in exclude | busy]
             if not online:
                 raise PlanError("no free peer is online" + (f" ({len(busy)} serve other deployments)" if busy else ""))
@@ -452,8 +451,7 @@ class Deployer:
         their peer is lost), each on the free peer that keeps the swapped plan best on its objective."""
         plan = runner.plan
         taken = {s["peer"] for s in plan["stages"]} | {sp["peer"] for sp in plan.get("spares", [])}
-        busy = {s["peer"] for d in self.store.deployments() if d.id != dep_id and d.plan and d.state in LIVE_STATES
-                for s in [*d.plan["stages"], *d.plan.get("spares", [])]}
+        busy = self.peers_in_use(exclude=dep_id)
         free = [p.id for p in self.store.peers("online") if p.id not in taken | busy]
         if not free:
             log.info("deployment %s: no free peer for a warm spare", dep_id)

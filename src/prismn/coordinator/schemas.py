@@ -7,7 +7,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from prismn.protocol import HeartbeatRequest, HeartbeatResponse, JoinRequest, JoinResponse
+from prismn.protocol import (  # noqa: F401 - re-exported: the coordinator's routes import them from here
+    HeartbeatRequest,
+    HeartbeatResponse,
+    JoinRequest,
+    JoinResponse,
+)
 
 
 class DeploymentRequest(BaseModel):
@@ -145,7 +150,6 @@ class CompletionRequest(_Sampling):
     def prompts(self) -> list[str]:
         return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
 
-__all__ = ["HeartbeatRequest", "HeartbeatResponse", "JoinRequest", "JoinResponse"]
 
 
 class CredentialRequest(BaseModel):

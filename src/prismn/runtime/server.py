@@ -381,14 +381,18 @@ class StageServer:
             raise WireError(f"unknown frame kind {kind!r}")
 
     # ------------------------------------------------------------------------------ load
+    def _holds_load_token(self, h: dict[str, Any]) -> bool:
+        """No load token set, or the request carries it (compared in constant time)."""
+        return self.load_token is None or hmac.compare_digest(str(h.get("token") or "").encode(),
+                                                              self.load_token.encode())
+
     async def _may_load(self, conn: Connection, h: dict[str, Any], what: str) -> bool:
         """Loading and unloading change what this machine holds: bare servers only, with the load token."""
         if not self.allow_load:
             await self._error(conn, None, f"this stage was started with --checkpoint and takes no {what} requests: "
                                           "start a bare `prismn stage serve` to load stages remotely")
             return False
-        if self.load_token is not None and not hmac.compare_digest(
-                str(h.get("token") or "").encode(), self.load_token.encode()):
+        if not self._holds_load_token(h):
             log.warning("refused a %s request from %s: wrong or missing load token", what,
                         getattr(conn, "remote", "?"))
             await self._error(conn, None, f"{what} refused: wrong or missing load token (a peer takes its "
@@ -501,8 +505,7 @@ class StageServer:
     async def on_bench(self, conn: Connection, h: dict[str, Any]) -> None:
         """Re-run the self-benchmark now (e.g. once all local stages have finished loading). It keeps the
         machine busy: with a load token (or in signed mode) only its holder may ask."""
-        if self.load_token is not None and not hmac.compare_digest(
-                str(h.get("token") or "").encode(), self.load_token.encode()):
+        if not self._holds_load_token(h):
             await self._error(conn, None, "bench refused: wrong or missing load token")
             return
         if self.stage is None:
