@@ -6,13 +6,22 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from prismn.placement.costmodel import CostModel
+from prismn.placement.kernel import grams, reserved_joules
 from prismn.swarm import Swarm
 
 ENERGY_BASIS = ("measured stage compute time x modelled power (TDP x 0.65 active x 1.3 host x PUE), this request "
                 "charged its share of every batched pass it was part of (pass time x its tokens / the pass's "
                 "tokens); network: the plan's per-token decode-hop energy x tokens; grid intensity as named per "
-                "stage; not counted: the idle draw of stages between passes and of warm spares while they wait")
+                "stage; not counted here: the idle draw of stages between passes and of warm spares while they wait "
+                "(see 'reserved')")
+RESERVED_BASIS = ("the plan's default carbon scope, measured: each stage's peer held for the request's decode time "
+                  "shared by the sequences decoding with it (sum over steps of mean step time / that step's batch): "
+                  "idle draw x that time + (active - idle) draw x its measured compute + embodied carbon x that "
+                  "time, plus network; compare with the plan's gco2e_total_per_token_at_load. After a recovery the "
+                  "final plan's peers are charged for the whole request")
 
 
 def build_receipt(plan: dict[str, Any], swarm: Swarm, traces: list[list[Any]], prompt_tokens: int,
@@ -40,7 +49,7 @@ def build_receipt(plan: dict[str, Any], swarm: Swarm, traces: list[list[Any]], p
         if step > 0:
             batches.append(step_batch)
     decode_steps = max(0, len(traces) - 1)
-    stages, joules, grams, embodied, decode_g = [], 0.0, 0.0, 0.0, 0.0
+    stages: list[dict[str, Any]] = []
     # every stage the request ran on: the plan's, and those of plans it left after a peer failed
     seen: set[str] = set()
     runs: list[tuple[dict[str, Any], Any]] = []
@@ -49,33 +58,54 @@ def build_receipt(plan: dict[str, Any], swarm: Swarm, traces: list[list[Any]], p
             if sw is not None and st["peer"] not in seen and st["peer"] in sw.index:
                 seen.add(st["peer"])
                 runs.append((st, sw.peer(st["peer"])))
-    for st, peer in runs:
-        t = compute_s.get(peer.id, 0.0)
-        j = t * CostModel.power_w(peer)
-        g = j * peer.intensity.g_per_kwh / 3.6e6
-        joules += j
-        grams += g
-        embodied += t * CostModel.embodied_g_per_s(peer)
-        decode_g += decode_s.get(peer.id, 0.0) * CostModel.power_w(peer) * peer.intensity.g_per_kwh / 3.6e6
+    peers = [peer for _, peer in runs]
+    t = np.array([compute_s.get(p.id, 0.0) for p in peers], dtype=float)
+    active = np.array([CostModel.power_w(p) for p in peers], dtype=float)
+    intensity = np.array([p.intensity.g_per_kwh for p in peers], dtype=float)
+    emb_rate = np.array([CostModel.embodied_g_per_s(p) for p in peers], dtype=float)
+    j_stage = t * active
+    g_stage = grams(j_stage, intensity)
+    joules, grams_total = float(j_stage.sum()), float(g_stage.sum())
+    embodied = float((t * emb_rate).sum())
+    decode_t = np.array([decode_s.get(p.id, 0.0) for p in peers], dtype=float)
+    decode_g = float(grams(decode_t * active, intensity).sum())
+    for (st, peer), ti, ji, gi in zip(runs, t, j_stage, g_stage, strict=True):
         stages.append({"peer": peer.id, "layers": st["layers"], "zone": peer.intensity.zone,
                        "intensity_g_per_kwh": peer.intensity.g_per_kwh, "intensity_source": peer.intensity.source,
                        "intensity_provider": peer.intensity.provider,
                        "intensity_fallback_from": list(peer.intensity.fallback_from), "basis": peer.intensity.basis,
                        "intensity_year": peer.intensity.year, "signal": peer.intensity.signal,
-                       "compute_ms": t * 1e3, "joules": j, "gco2e": g})
+                       "compute_ms": float(ti) * 1e3, "joules": float(ji), "gco2e": float(gi)})
     m = plan.get("metrics", {})
     net_j = m.get("network_energy_j_per_token", 0.0) * completion_tokens  # decode hops, as the plan prices them
     net_g = m.get("gco2e_network_per_token", 0.0) * completion_tokens
+    # the reserved scope, measured: the plan's peers held while this request decoded, shared by its batch
+    final = [i for i, (st, _) in enumerate(runs) if st in plan["stages"]]
+    step_s = stats.get("latency_ms_per_token")
+    reserved = None
+    if decode_steps and step_s is not None and final:
+        held_s = step_s / 1e3 * sum(1.0 / b for b in batches) if batches else step_s / 1e3 * decode_steps
+        k = np.array(final)
+        idle = np.array([CostModel.idle_power_w(runs[i][1]) for i in final], dtype=float)
+        j_res = reserved_joules(idle, active[k], held_s, decode_t[k])
+        op = float(grams(j_res, intensity[k]).sum())
+        emb = float((emb_rate[k] * held_s).sum())
+        net_tok = m.get("gco2e_network_per_token", 0.0)
+        reserved = {"held_s": held_s, "joules": float(j_res.sum()), "gco2e_operational": op, "gco2e_embodied": emb,
+                    "gco2e_per_token": (op + emb) / decode_steps + net_tok,
+                    "predicted_gco2e_per_token": m.get("gco2e_total_per_token_at_load"),
+                    "basis": RESERVED_BASIS}
     return {
-        "gco2e": grams + net_g,
-        "gco2e_compute": grams,
+        "gco2e": grams_total + net_g,
+        "gco2e_compute": grams_total,
         "gco2e_network": net_g,
         "gco2e_embodied": embodied,
         "joules": joules + net_j,
-        "gco2e_per_token": (grams + net_g) / completion_tokens if completion_tokens else 0.0,
+        "gco2e_per_token": (grams_total + net_g) / completion_tokens if completion_tokens else 0.0,
         "decode_gco2e_per_token": (decode_g / decode_steps + m.get("gco2e_network_per_token", 0.0)
                                    if decode_steps else None),
         "energy_basis": ENERGY_BASIS,
+        "reserved": reserved,
         "batch": {"mean": sum(batches) / len(batches) if batches else None, "max": max(batches, default=None),
                   "decode_steps": len(batches)},
         "measured": {

@@ -41,11 +41,14 @@ from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from prismn.carbon.point import CarbonUnavailable, Intensity, as_utc, utcnow
 from prismn.errors import PrismnError
 from prismn.model import ModelSpec
 from prismn.placement import CostOptions, EvaluatedPlan, Plan, Stage, evaluate_plan
 from prismn.placement.costmodel import CostModel
+from prismn.placement.kernel import grams, network_joules, weighted_intensity
 from prismn.swarm import Swarm
 
 if TYPE_CHECKING:
@@ -182,7 +185,7 @@ def move_cost(spec: ModelSpec, swarm: Swarm, old: Sequence[StageLike], new: Sequ
     size = {"embed": spec.embed_bytes, "head": spec.head_bytes}
     before, after = held_parts(old), held_parts(new)
     cm = CostModel(spec, cost or CostOptions())
-    total = joules = grams = load_s = 0.0
+    total = joules = g = load_s = 0.0
     per: dict[str, float] = {}
     for peer_id, parts in after.items():
         b = float(sum(size.get(p, spec.layer_bytes) for p in parts - before.get(peer_id, set())))
@@ -194,13 +197,13 @@ def move_cost(spec: ModelSpec, swarm: Swarm, old: Sequence[StageLike], new: Sequ
             j = t * cm.power_w(peer)
         else:
             t = b * 8 / (peer.bandwidth_mbps * 1e6)
-            j = cm.network_joules(b) + t * cm.power_w(peer)
+            j = network_joules(b, cm.opt.k_net_kwh_per_gb) + t * cm.power_w(peer)
         per[peer_id] = b
         total += b
         joules += j
-        grams += j * peer.intensity.g_per_kwh / 3.6e6
+        g += float(grams(j, peer.intensity.g_per_kwh))
         load_s = max(load_s, t)
-    return MoveCost(total, joules, grams, load_s, weights, per)
+    return MoveCost(total, joules, g, load_s, weights, per)
 
 
 # ---- the decision ------------------------------------------------------------------------------
@@ -273,7 +276,7 @@ def forecast_mean(provider: CarbonProvider, zone: str, now: datetime, hours: flo
     now = as_utc(now)
     end = now + timedelta(hours=hours)
     pts = provider.forecast(zone, now, end)
-    num = den = 0.0
+    values, weights = [], []
     for p in pts:
         if p.time is None:
             continue
@@ -281,13 +284,15 @@ def forecast_mean(provider: CarbonProvider, zone: str, now: datetime, hours: flo
         b = min(as_utc(p.time) + timedelta(seconds=p.duration_s or 3600), end)
         w = (b - a).total_seconds()
         if w > 0:
-            num += w * p.g_per_kwh
-            den += w
-    if den <= 0:
+            values.append(p.g_per_kwh)
+            weights.append(w)
+    if not weights:
         raise CarbonUnavailable(f"no forecast for {zone} over the next {hours:g} h")
     first = pts[0]
-    covered = den / (hours * 3600)
-    return replace(first, g_per_kwh=num / den, time=now, duration_s=int(hours * 3600),
+    covered = sum(weights) / (hours * 3600)
+    # carbon is linear in intensity: planning on this mean minimises the time-weighted carbon (kernel)
+    mean = float(weighted_intensity(np.array([values]), np.array(weights))[0])
+    return replace(first, g_per_kwh=mean, time=now, duration_s=int(hours * 3600),
                    estimated=any(p.estimated for p in pts) or covered < 0.999,
                    source=f"mean forecast of the next {hours:g} h ({100 * covered:.0f}% covered) from {first.source}")
 

@@ -1,5 +1,8 @@
 """The cost model: the contract every strategy, the evaluator and every measurement share.
 
+This module answers per-peer questions (a layer's time on a GPU, its power, what fits); the formulas
+that combine them into stage, hop and plan metrics live once, array-native, in `kernel.py`.
+
 For a route client -> p1 -> ... -> pk -> client, per generated token at batch 1 (DESIGN.md):
   compute_i  = [s_step_fixed(p_i)] + n_i * t_layer(p_i) [+ t_head on the stage holding the LM head] [+ t_embed]
   t_layer    = max((layer_bytes + context * kv_bytes) / (ETA_MEM * BW), flops / (ETA_COMPUTE * FLOPS))
@@ -140,10 +143,6 @@ class CostModel:
             return "datasheet"
         return f"measured ({m.source})" if m.source else "measured"
 
-    @staticmethod
-    def hop_time_s(rtt_ms: float, nbytes: float, bandwidth_mbps: float, overhead_ms: float) -> float:
-        return rtt_ms / 2000.0 + (nbytes + FRAME_HEADER_BYTES) * 8 / (bandwidth_mbps * 1e6) + overhead_ms / 1000.0
-
     # ---- power, energy, carbon ---------------------------------------------------------
     @staticmethod
     def power_w(peer: Peer) -> float:
@@ -157,17 +156,8 @@ class CostModel:
         return idle * HOST_OVERHEAD * peer.pue
 
     @staticmethod
-    def reserved_joules(peer: Peer, wall_s: float, compute_s: float) -> float:
-        """Energy of a peer reserved for wall_s while computing compute_s: idle x wall + (active - idle) x compute."""
-        idle = CostModel.idle_power_w(peer)
-        return idle * wall_s + (CostModel.power_w(peer) - idle) * compute_s
-
-    @staticmethod
     def embodied_g_per_s(peer: Peer) -> float:
         return (peer.gpu.embodied_kgco2e + EMBODIED_SERVER_SHARE_KG) * 1000.0 / (EMBODIED_LIFETIME_H * 3600.0)
-
-    def network_joules(self, nbytes: float) -> float:
-        return nbytes / 1e9 * self.opt.k_net_kwh_per_gb * 3.6e6
 
     # ---- memory ------------------------------------------------------------------------
     def stage_bytes(self, n_layers: int, embedding: bool, head: bool) -> float:

@@ -4,8 +4,19 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
+import numpy as np
+
 from prismn.model import GIB, ModelSpec
-from prismn.placement.costmodel import TOKEN_ID_BYTES, CostModel, CostOptions
+from prismn.placement.costmodel import CostModel, CostOptions
+from prismn.placement.kernel import (
+    J_PER_KWH,
+    PeerCosts,
+    grams,
+    hop_bytes,
+    hop_seconds,
+    network_joules,
+    reserved_at_load,
+)
 from prismn.placement.plan import EvaluatedPlan, Plan, Stage
 from prismn.swarm import CLIENT, Swarm
 
@@ -71,10 +82,17 @@ def evaluate_plan(
 
     stage_rows = []
     batch = opt.concurrency
-    at_load: list = []  # (peer, step compute time at batch b)
-    compute_s = prefill_s = energy_j = gco2e = embodied = 0.0
-    for i, s in enumerate(known):
-        peer = swarm.peer(s.peer)
+    peers = [swarm.peer(s.peer) for s in known]
+    pc = PeerCosts.of(cm, peers)
+    n = np.array([s.n_layers for s in known], dtype=float)
+    emb = np.array([s.embedding for s in known], dtype=bool)
+    head = np.array([s.head for s in known], dtype=bool)
+    t = pc.stage_s(n, emb, head)  # decode step, batch 1
+    tp = pc.prefill_stage_s(n, emb, head)
+    t_load = pc.stage_s(n, emb, head, at_load=True)  # the same step at the deployment's load (batch b)
+    e = t * pc.active_w
+    g = grams(e, pc.intensity)
+    for i, (s, peer) in enumerate(zip(known, peers, strict=True)):
         need = cm.stage_bytes(s.n_layers, s.embedding, s.head)
         usable = cm.usable_bytes(peer)
         if need > usable:
@@ -84,26 +102,6 @@ def evaluate_plan(
                 + (f" - {cm.overhead_gb(peer):g} runtime overhead" if cm.overhead_gb(peer) else "")
                 + f"): short by {(need - usable) / GIB:.2f} GiB"
             )
-        t = s.n_layers * cm.layer_time_s(peer) + cm.stage_fixed_s(peer)
-        tp = s.n_layers * cm.prefill_layer_time_s(peer) + cm.stage_fixed_s(peer)
-        if s.head:
-            t += cm.head_time_s(peer)
-            tp += cm.head_time_s(peer)
-        if s.embedding:
-            t += cm.embed_time_s(peer)
-            tp += cm.embed_time_s(peer)
-        # the same step at the deployment's load (batch b): weights read once, KV and FLOPs per sequence
-        t_load = (s.n_layers * cm.layer_time_s(peer) * cm.batch_factor(peer, batch) + cm.stage_fixed_s(peer)
-                  + (cm.head_time_s(peer) * cm.head_batch_factor(peer, batch) if s.head else 0.0)
-                  + (cm.embed_time_s(peer) if s.embedding else 0.0))
-        at_load.append((peer, t_load))
-        e = t * cm.power_w(peer)
-        g = e * peer.intensity.g_per_kwh / 3.6e6
-        compute_s += t
-        prefill_s += tp
-        energy_j += e
-        gco2e += g
-        embodied += t * cm.embodied_g_per_s(peer)
         stage_rows.append(
             {
                 "peer": peer.id,
@@ -115,43 +113,41 @@ def evaluate_plan(
                 "vram_free_gb": peer.free_vram_gb,
                 "vram_usable_gb": round(usable / GIB, 4),
                 "fits": need <= usable,
-                "compute_ms_per_token": t * 1e3,
+                "compute_ms_per_token": float(t[i]) * 1e3,
                 "time_source": cm.time_source(peer),
-                "energy_j_per_token": e,
-                "gco2e_per_token": g,
+                "energy_j_per_token": float(e[i]),
+                "gco2e_per_token": float(g[i]),
                 "intensity": peer.intensity.to_json(),
                 "pue": peer.pue,
             }
         )
+    compute_s, prefill_s, energy_j, gco2e = float(t.sum()), float(tp.sum()), float(e.sum()), float(g.sum())
+    embodied = float((t * pc.embodied_g_per_s).sum())
 
-    hops = []
-    net_s = net_prefill_s = net_j = net_g = net_load_s = 0.0
     path = route(known)
-    act = spec.activation_bytes_per_token
-    for a, b in zip(path, path[1:], strict=False):
-        nbytes = TOKEN_ID_BYTES if a == CLIENT or b == CLIENT else act
-        if b == CLIENT:
-            prefill_bytes = TOKEN_ID_BYTES
-        elif a == CLIENT:
-            prefill_bytes = TOKEN_ID_BYTES * opt.prompt_tokens
-        else:
-            prefill_bytes = act * opt.prompt_tokens
-        bw = min(swarm.peer(p).bandwidth_mbps for p in (a, b) if p != CLIENT)
-        rtt = swarm.rtt_ms(a, b)
-        h = cm.hop_time_s(rtt, nbytes, bw, opt.hop_overhead_ms)
-        net_s += h
-        net_load_s += cm.hop_time_s(rtt, nbytes * batch, bw, opt.hop_overhead_ms)
-        net_prefill_s += cm.hop_time_s(rtt, prefill_bytes, bw, opt.hop_overhead_ms)
-        j = cm.network_joules(nbytes)
-        ends = [swarm.peer(p).intensity.g_per_kwh for p in (a, b) if p != CLIENT]
-        net_j += j
-        net_g += j * sum(ends) / len(ends) / 3.6e6
-        hops.append({"from": a, "to": b, "rtt_ms": rtt, "rtt_source": swarm.rtt_source(a, b),
-                     "bytes_per_token": nbytes, "ms_per_token": h * 1e3})
+    hop_pairs = list(zip(path, path[1:], strict=False))
+    from_client = np.array([a == CLIENT for a, _ in hop_pairs], dtype=bool)
+    to_client = np.array([b == CLIENT for _, b in hop_pairs], dtype=bool)
+    rtt = np.array([swarm.rtt_ms(a, b) for a, b in hop_pairs], dtype=float)
+    bw = np.array([min(swarm.peer(p).bandwidth_mbps for p in (a, b) if p != CLIENT) for a, b in hop_pairs],
+                  dtype=float)
+    ends_g = np.array([np.mean([swarm.peer(p).intensity.g_per_kwh for p in (a, b) if p != CLIENT])
+                       for a, b in hop_pairs], dtype=float)
+    nbytes = hop_bytes(from_client, to_client, spec.activation_bytes_per_token)
+    h = hop_seconds(rtt, nbytes, bw, opt.hop_overhead_ms)
+    net_s = float(h.sum())
+    net_load_s = float(hop_seconds(rtt, nbytes * batch, bw, opt.hop_overhead_ms).sum())
+    net_prefill_s = float(hop_seconds(rtt, hop_bytes(from_client, to_client, spec.activation_bytes_per_token,
+                                                     opt.prompt_tokens), bw, opt.hop_overhead_ms).sum())
+    hop_j = network_joules(nbytes, opt.k_net_kwh_per_gb)
+    net_j, net_g = float(hop_j.sum()), float(grams(hop_j, ends_g).sum())
+    hops = [{"from": a, "to": b, "rtt_ms": float(rtt[k]), "rtt_source": swarm.rtt_source(a, b),
+             "bytes_per_token": float(nbytes[k]), "ms_per_token": float(h[k]) * 1e3}
+            for k, (a, b) in enumerate(hop_pairs)]
 
     latency_s = compute_s + net_s
     feasible = not problems
-    load = at_load_metrics(cm, at_load, net_load_s, batch, net_g)
+    load = at_load_metrics(pc, t_load, net_load_s, batch, net_g)
     metrics = {
         "latency_ms_per_token": latency_s * 1e3,
         "compute_ms_per_token": compute_s * 1e3,
@@ -164,7 +160,7 @@ def evaluate_plan(
         "gco2e_network_per_token": net_g,
         "gco2e_embodied_per_token": embodied,
         "gco2e_total_per_token": gco2e + net_g + embodied,
-        "mean_intensity_g_per_kwh": (gco2e * 3.6e6 / energy_j) if energy_j else 0.0,
+        "mean_intensity_g_per_kwh": (gco2e * J_PER_KWH / energy_j) if energy_j else 0.0,
         "peers_used": len(known),
         "vram_used_gb": sum(r["vram_used_gb"] for r in stage_rows),
         **load,
@@ -173,27 +169,19 @@ def evaluate_plan(
                          {**asdict(opt), "context_tokens": cm.context, "dtype": spec.dtype})
 
 
-def at_load_metrics(cm: CostModel, at_load: list, net_load_s: float, b: int, net_g: float) -> dict[str, float]:
-    """Per token at the deployment's load, every peer reserved for the whole step (DESIGN.md, issue 9):
-
-      wall W    = sum of stage step times at batch b + every hop with b activations (one micro-batch)
-      energy_i  = (idle_i x W + (active_i - idle_i) x compute_i) / b   (power with host and PUE)
-      embodied  = sum_i embodied rate_i x W / b                        (by reserved wall time)
+def at_load_metrics(pc: PeerCosts, t_load: np.ndarray, net_load_s: float, b: int, net_g: float) -> dict[str, float]:
+    """Per token at the deployment's load, every peer reserved for the whole step (kernel.reserved_at_load):
+    wall W = sum of stage step times at batch b + every hop with b activations (one micro-batch).
     Network energy per token does not change with b (bytes per token are the same)."""
-    wall = sum(t for _, t in at_load) + net_load_s
-    energy = op = emb = 0.0
-    for peer, t in at_load:
-        e = cm.reserved_joules(peer, wall, t) / b
-        energy += e
-        op += e * peer.intensity.g_per_kwh / 3.6e6
-        emb += cm.embodied_g_per_s(peer) * wall / b
+    wall = float(t_load.sum()) + net_load_s
+    r = reserved_at_load(pc, t_load, wall, b)
     return {
         "concurrency": b,
         "latency_ms_per_token_at_load": wall * 1e3,
         "tokens_per_s_at_load": b / wall if wall > 0 else 0.0,
-        "energy_j_per_token_at_load": energy,
-        "gco2e_per_token_at_load": op,
-        "gco2e_embodied_per_token_at_load": emb,
+        "energy_j_per_token_at_load": r["energy_j"],
+        "gco2e_per_token_at_load": r["operational_g"],
+        "gco2e_embodied_per_token_at_load": r["embodied_g"],
         "gco2e_network_per_token_at_load": net_g,
-        "gco2e_total_per_token_at_load": op + emb + net_g,
+        "gco2e_total_per_token_at_load": r["operational_g"] + r["embodied_g"] + net_g,
     }

@@ -1,18 +1,17 @@
-"""Per-peer costs of one (model, swarm, options) as numpy arrays, computed exactly as the evaluator does.
+"""Per-peer costs of one (model, swarm, options) as numpy arrays, from the same kernel as the evaluator.
 
-The placement engine optimises the evaluator's own metrics, so every number here is produced by the
-same CostModel methods (once per GPU type, or per peer when it reported measurements) and combined
-in the same floating-point order as `evaluate_plan`. Everything the evaluator sums is additive over
-stages and hops, which is what makes a shortest-path formulation exact:
+The placement engine optimises the evaluator's own metrics: the per-peer arrays are `kernel.PeerCosts`
+(the CostModel's answers, once per GPU type or per peer when it measured itself) and every metric is
+built with the kernel's formulas, exactly as `evaluate_plan` prices a plan. Each is additive over
+stages and hops, per layer plus a fixed part by role, which is what makes a shortest-path exact:
 
   latency  = sum_i [n_i * t_layer(p_i)] + t_embed(p_1) + t_head(p_k) + sum over hops of hop_time
-  carbon   = sum_i t_i * P(p_i) * I(p_i) / 3.6e6                         (operational, the default)
-  total    = carbon + embodied (t_i * e(p_i)) + network carbon
+  carbon   = sum_i t_i * P(p_i) * I(p_i) / 3.6e6                    (scope "operational")
+  total    = carbon + embodied (t_i * e(p_i)) + network carbon      (scope "total")
+  reserved = A(set) x W(plan) + B(plan)                             (scope "reserved", the default: reserved.py)
 
-Network carbon is per hop j_bytes * mean(intensity of the hop's peer ends) / 3.6e6. Because each
-peer of the loop client -> p1 -> ... -> pk -> client touches exactly two hops, it splits exactly into
-per-peer terms that depend only on the peer's role (first, middle, last, only), never on the order.
-So only latency depends on the order of the stages; carbon depends on the set and the layer counts.
+Network carbon splits exactly into per-peer terms by role (kernel.network_role_joules), so only
+latency and wall time depend on the order of the stages; carbon depends on the set and layer counts.
 """
 
 from __future__ import annotations
@@ -23,15 +22,18 @@ import numpy as np
 
 from prismn import geo
 from prismn.model import GIB, ModelSpec
-from prismn.placement.costmodel import (
-    FRAME_HEADER_BYTES,
-    TOKEN_ID_BYTES,
-    CostModel,
-    CostOptions,
+from prismn.placement.costmodel import TOKEN_ID_BYTES, CostModel, CostOptions
+from prismn.placement.kernel import (
+    ROLES,
+    PeerCosts,
+    grams,
+    hop_bytes,
+    hop_seconds,
+    network_joules,
+    network_role_joules,
 )
 from prismn.swarm import CLIENT, Swarm
 
-ROLES = ("only", "first", "middle", "last")  # only = one stage holds embedding, all layers and head
 CARBON_SCOPES = ("reserved", "operational", "total")  # reserved: the default, see docs/placement.md
 
 
@@ -67,27 +69,13 @@ class Instance:
         peers = swarm.peers
         n = self.n = len(peers)
 
-        # ---- times: once per GPU for datasheet peers, per peer where it measured itself ----------
-        lt, ht, et = np.empty(n), np.empty(n), np.empty(n)
-        fx = np.zeros(n)  # per-stage fixed step time (measured s_step_fixed), whatever the layer count
-        by_gpu: dict[str, tuple[float, float, float]] = {}
-        self.measured_time = np.zeros(n, dtype=bool)
-        for i, p in enumerate(peers):
-            if cm._measured(p) is not None:
-                lt[i], ht[i], et[i] = cm.layer_time_s(p), cm.head_time_s(p), cm.embed_time_s(p)
-                fx[i] = cm.stage_fixed_s(p)
-                self.measured_time[i] = True
-                continue
-            t = by_gpu.get(p.gpu.name)
-            if t is None:
-                t = by_gpu[p.gpu.name] = (cm.layer_time_s(p), cm.head_time_s(p), cm.embed_time_s(p))
-            lt[i], ht[i], et[i] = t
-        self.lt, self.ht, self.et, self.fx = lt, ht, et, fx
-
-        self.power = self._power(peers)
-        self.intensity = np.array([p.intensity.g_per_kwh for p in peers])
-        self.embodied = self._embodied(peers)
-        self.bw = np.array([p.bandwidth_mbps for p in peers])
+        # ---- the CostModel's per-peer answers as arrays (kernel.PeerCosts, shared with the evaluator) -----
+        self.pc = pc = PeerCosts.of(cm, peers)
+        self.lt, self.ht, self.et, self.fx = pc.layer_s, pc.head_s, pc.embed_s, pc.fixed_s
+        self.measured_time = pc.measured
+        self.power, self.idle_power, self.embodied = pc.active_w, pc.idle_w, pc.embodied_g_per_s
+        self.intensity = pc.intensity
+        self.bw = pc.bandwidth_mbps
         self.lat = np.array([p.lat for p in peers])
         self.lon = np.array([p.lon for p in peers])
         self.free = np.array([p.free_vram_gb for p in peers])
@@ -111,80 +99,34 @@ class Instance:
         self.rtt_measured = self.rtt_measured[:n]
         self.rtt_min_ms = min(geo.FIXED_MS, float(self.ovr_v.min())) if self.any_measured else geo.FIXED_MS
 
-        # ---- metrics --------------------------------------------------------------------------------
+        # ---- metrics: per layer and per role (kernel formulas) ----------------------------------------
         act = spec.activation_bytes_per_token
         self.act_bytes = act
-        self.latency = Metric("latency", lt.copy(), {"only": fx + et + ht, "first": fx + et, "middle": fx.copy(),
-                                                     "last": fx + ht}, 1.0)
-        rate = self.power * self.intensity / 3.6e6  # grams per second of compute (operational)
+        self.latency = Metric("latency", pc.layer_s.copy(), pc.role_fixed_s(), 1.0)
+        # network carbon, split exactly into per-peer terms by role (kernel.network_role_joules)
+        net_j = network_role_joules(network_joules(TOKEN_ID_BYTES, self.opt.k_net_kwh_per_gb),
+                                    network_joules(act, self.opt.k_net_kwh_per_gb))
+        net_all = {r: grams(net_j[r], pc.intensity) for r in ROLES}
+        rate = pc.active_rate()  # grams per second of compute (operational)
         if carbon_scope == "total":
-            rate = rate + self.embodied
-        j_tok = cm.network_joules(TOKEN_ID_BYTES)
-        j_act = cm.network_joules(act)
-        if carbon_scope == "total":
-            net = {"only": 2 * j_tok * self.intensity / 3.6e6,
-                   "first": (j_tok + j_act / 2) * self.intensity / 3.6e6,
-                   "middle": j_act * self.intensity / 3.6e6,
-                   "last": (j_tok + j_act / 2) * self.intensity / 3.6e6}
-        else:
-            net = {r: np.zeros(n) for r in ROLES}
-        self.carbon = Metric(
-            "carbon", lt * rate,
-            {"only": (fx + et + ht) * rate + net["only"], "first": (fx + et) * rate + net["first"],
-             "middle": fx * rate + net["middle"], "last": (fx + ht) * rate + net["last"]}, 0.0)
+            rate = rate + pc.embodied_g_per_s
+        net = net_all if carbon_scope == "total" else {r: np.zeros(n) for r in ROLES}
+        fixed = pc.role_fixed_s()
+        self.carbon = Metric("carbon", pc.layer_s * rate, {r: fixed[r] * rate + net[r] for r in ROLES}, 0.0)
 
         # ---- reserved energy at the deployment's load (the default carbon scope, evaluator.at_load_metrics):
         # per token, f = A(set) x W(plan) + B(plan) with W the wall time of one step at batch b,
-        #   A = sum_i (idle_i x I_i / 3.6e6 + embodied_i) / b   (every used peer is reserved for W)
-        #   B = sum_i (active_i - idle_i) x t_i(b) x I_i / 3.6e6 / b + network carbon (per-role terms)
+        #   A = sum_i reservation rate_i (idle draw + embodied) / b   (every used peer is reserved for W)
+        #   B = sum_i busy extra rate_i ((active - idle) draw) x t_i(b) / b + network carbon (per-role terms)
         b = self.opt.concurrency
         self.batch = b
-        bf, hbf = np.ones(n), np.ones(n)
-        if b > 1:
-            fac: dict[str, tuple[float, float]] = {}
-            for i, p in enumerate(peers):
-                f = fac.get(p.gpu.name)
-                if f is None:
-                    f = fac[p.gpu.name] = (cm.batch_factor(p, b), cm.head_batch_factor(p, b))
-                bf[i], hbf[i] = f
-        lw, hw = lt * bf, ht * hbf
-        self.wall = Metric("wall", lw, {"only": fx + et + hw, "first": fx + et, "middle": fx.copy(),
-                                        "last": fx + hw}, 1.0)
-        self.idle_power = self._idle_power(peers)
-        self.alpha = (self.idle_power * self.intensity / 3.6e6 + self.embodied) / b
-        rate_b = (self.power - self.idle_power) * self.intensity / 3.6e6 / b
-        net_all = {"only": 2 * j_tok * self.intensity / 3.6e6,
-                   "first": (j_tok + j_act / 2) * self.intensity / 3.6e6,
-                   "middle": j_act * self.intensity / 3.6e6,
-                   "last": (j_tok + j_act / 2) * self.intensity / 3.6e6}
-        self.reserved = Metric("reserved", lw * rate_b, {r: self.wall.fixed[r] * rate_b + net_all[r] for r in ROLES},
-                               0.0)
+        self.wall = Metric("wall", pc.layer_s * pc.layer_factor, pc.role_fixed_s(at_load=True), 1.0)
+        self.alpha = pc.reservation_rate(b)
+        rate_b = pc.busy_extra_rate(b)
+        self.reserved = Metric("reserved", self.wall.per_layer * rate_b,
+                               {r: self.wall.fixed[r] * rate_b + net_all[r] for r in ROLES}, 0.0)
 
     # ------------------------------------------------------------------------------------------------
-    def _power(self, peers) -> np.ndarray:
-        # same expression and order as CostModel.power_w: tdp * ACTIVE * HOST * pue
-        from prismn.placement.costmodel import ACTIVE_POWER_FRACTION, HOST_OVERHEAD
-
-        tdp = np.array([p.gpu.tdp_w for p in peers])
-        pue = np.array([p.pue for p in peers])
-        return tdp * ACTIVE_POWER_FRACTION * HOST_OVERHEAD * pue
-
-    def _idle_power(self, peers) -> np.ndarray:
-        out = np.empty(len(peers))
-        for i, p in enumerate(peers):
-            out[i] = CostModel.idle_power_w(p)
-        return out
-
-    def _embodied(self, peers) -> np.ndarray:
-        cache: dict[str, float] = {}
-        out = np.empty(len(peers))
-        for i, p in enumerate(peers):
-            v = cache.get(p.gpu.name)
-            if v is None:
-                v = cache[p.gpu.name] = self.cm.embodied_g_per_s(p)
-            out[i] = v
-        return out
-
     def _caps(self, embedding: bool, head: bool) -> np.ndarray:
         """Vectorised CostModel.max_layers, checked against stage_bytes exactly as the evaluator checks."""
         cm, s = self.cm, self.spec
@@ -248,20 +190,18 @@ class Instance:
     def hop_time_matrix(self, idx: np.ndarray, batch: int = 1) -> np.ndarray:
         """(m+1) x (m+1) hop times in seconds among peers `idx`; the last row/column is the client.
 
-        Same expression as CostModel.hop_time_s with the evaluator's bytes and bandwidth rules; `batch`
+        kernel.hop_seconds and kernel.hop_bytes, as the evaluator prices a route; `batch`
         sequences' bytes per hop (the wall time at the deployment's load).
         """
         full = np.concatenate([idx, [-1]])
         rtt = self.rtt_ms(full, full)
         bw = np.concatenate([self.bw[idx], [np.inf]])
         pair_bw = np.minimum(bw[:, None], bw[None, :])
-        m = len(idx)
-        nbytes = np.full((m + 1, m + 1), float(self.act_bytes))
-        nbytes[m, :] = TOKEN_ID_BYTES
-        nbytes[:, m] = TOKEN_ID_BYTES
+        is_client = np.arange(len(idx) + 1) == len(idx)
+        nbytes = hop_bytes(is_client[:, None], is_client[None, :], self.act_bytes)
         if batch != 1:
             nbytes = nbytes * batch
-        h = rtt / 2000.0 + (nbytes + FRAME_HEADER_BYTES) * 8 / (pair_bw * 1e6) + self.opt.hop_overhead_ms / 1000.0
+        h = hop_seconds(rtt, nbytes, pair_bw, self.opt.hop_overhead_ms)
         np.fill_diagonal(h, np.inf)  # a peer never hands over to itself; client -> client is no plan
         return h
 
@@ -269,9 +209,8 @@ class Instance:
         """Smallest possible client hop and peer-to-peer hop (seconds), for any pair of peers."""
         rtt_min = self.rtt_min_ms
         bw_max = float(self.bw.max()) if self.n else 1.0
-        ovh = self.opt.hop_overhead_ms / 1000.0
-        tok = rtt_min / 2000.0 + (TOKEN_ID_BYTES + FRAME_HEADER_BYTES) * 8 / (bw_max * 1e6) + ovh
-        act = rtt_min / 2000.0 + (self.act_bytes + FRAME_HEADER_BYTES) * 8 / (bw_max * 1e6) + ovh
+        tok = float(hop_seconds(rtt_min, TOKEN_ID_BYTES, bw_max, self.opt.hop_overhead_ms))
+        act = float(hop_seconds(rtt_min, self.act_bytes, bw_max, self.opt.hop_overhead_ms))
         return tok, act
 
     def _delta_s(self, lat_a, lon_a, lat_b, lon_b) -> np.ndarray:

@@ -23,8 +23,9 @@ import numpy as np
 
 from prismn import geo
 from prismn.model import ModelSpec
-from prismn.placement.costmodel import FRAME_HEADER_BYTES, CostOptions
+from prismn.placement.costmodel import CostOptions
 from prismn.placement.instance import Instance
+from prismn.placement.kernel import hop_seconds
 from prismn.placement.plan import Plan, Stage
 from prismn.swarm import Swarm
 
@@ -72,7 +73,7 @@ def route(inst: Instance, start: np.ndarray, end: np.ndarray) -> tuple[list[tupl
     for q in serving:
         ending_at.setdefault(int(end[q]), []).append(int(q))
     act = inst.act_bytes
-    ovh = inst.opt.hop_overhead_ms / 1000.0
+    ovh_ms = inst.opt.hop_overhead_ms
     pruneable = not inst.any_measured
     for b in range(L):
         cover = serving[(start[serving] <= b) & (end[serving] > b)]
@@ -91,7 +92,7 @@ def route(inst: Instance, start: np.ndarray, end: np.ndarray) -> tuple[list[tupl
                 prev = _prune_predecessors(inst, prev, best_finish, act)
             rtt = inst.rtt_ms(prev, cover)
             bw = np.minimum(inst.bw[prev][:, None], inst.bw[cover][None, :])
-            hop = rtt / 2000.0 + (act + FRAME_HEADER_BYTES) * 8 / (bw * 1e6) + ovh
+            hop = hop_seconds(rtt, act, bw, ovh_ms)
             hop[prev[:, None] == cover[None, :]] = math.inf
             tot = best_finish[prev][:, None] + hop
             k = tot.argmin(axis=0)
@@ -123,12 +124,14 @@ def route(inst: Instance, start: np.ndarray, end: np.ndarray) -> tuple[list[tupl
 def _prune_predecessors(inst: Instance, prev: np.ndarray, finish: np.ndarray, act: float) -> np.ndarray:
     """Drop r if a kept r2 reaches every server no later: finish(r2) + slack(r2, r) <= finish(r)."""
     kept = [int(prev[0])]
-    per_bit = (act + FRAME_HEADER_BYTES) * 8 / 1e6
+    def wire_s(bw):  # the bandwidth-dependent part of a hop carrying activations
+        return hop_seconds(0.0, act, bw, 0.0)
+
     for r in prev[1:]:
         k = np.array(kept)
         d = geo.haversine_matrix_km(inst.lat[[r]], inst.lon[[r]], inst.lat[k], inst.lon[k])[0]
         slack = geo.ROUTE_FACTOR * d / geo.V_FIBRE_KM_PER_MS / 1000.0
-        slack += np.maximum(0.0, per_bit * (1 / inst.bw[k] - 1 / inst.bw[r]))
+        slack += np.maximum(0.0, wire_s(inst.bw[k]) - wire_s(inst.bw[r]))
         if not np.any(finish[k] + slack <= finish[r]):
             kept.append(int(r))
     return np.array(kept)
