@@ -70,6 +70,11 @@ def test_a_grid_change_moves_the_deployment_without_dropping_a_stream(cluster):
             # Philadelphia's clean
             set_grid(c.grid, **{"CA-QC": 900, "CA-ON": 900, "US-NE-ISNE": 30, "US-MIDA-PJM": 40})
             t["changed"] = time.time()
+        elif i % 5 == 0 and "delete_while_draining" not in t:
+            # once switched, the old plan's peers still serve this stream: nothing may take or remove them
+            d = _dep(c)
+            if d["moves"] and not d["moves"][0].get("drained_at"):
+                t["delete_while_draining"] = c.api("DELETE", "/v1/peers/montreal-1").status_code
 
     t["start"] = time.time()
     text, usage = _stream(c, change_grid)
@@ -82,6 +87,7 @@ def test_a_grid_change_moves_the_deployment_without_dropping_a_stream(cluster):
     # the switch happened while the stream ran, and the stream finished on the old plan (it drained)
     assert t["changed"] < mv["switched_at"] < t["end"], (t, mv)
     assert mv["in_flight_at_switch"] >= 1
+    assert t.get("delete_while_draining") == 409, t  # a draining plan's peer is in use
     assert {s["peer"] for s in usage["stages"]} == {"montreal-1", "toronto-1"} and "recoveries" not in usage
     # the record: why, what it expected to save, what moving cost
     assert {p for p, *_ in mv["from"]} == {"montreal-1", "toronto-1"} and {p for p, *_ in mv["to"]} == _peers(dep)

@@ -204,6 +204,7 @@ class Deployer:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._replanning: set[str] = set()
         self.moving: set[str] = set()  # deployments in a planned move (loading beside, or draining the old plan)
+        self.draining: dict[str, set[str]] = {}  # deployment -> peers of the plan it left, until that plan drained
 
     def _transport(self) -> Any:
         """TCP to TCP peers; Iroh (made on first need, with the coordinator's key) to Iroh peers, dialled by
@@ -231,9 +232,15 @@ class Deployer:
                       transport=self.transport)
 
     def peers_in_use(self, exclude: str | None = None) -> set[str]:
-        """Peers holding a stage or spare of a live deployment (other than ``exclude``)."""
-        return {s["peer"] for d in self.store.deployments() if d.id != exclude and d.plan and d.state in LIVE_STATES
-                for s in [*d.plan["stages"], *d.plan.get("spares", [])]}
+        """Peers holding a stage or spare of a live deployment (other than ``exclude``), and peers still
+        serving a plan that a move left and that is draining (whatever the deployment: they finish requests
+        in flight), unless the deployment's own plan kept them."""
+        rows = [d for d in self.store.deployments() if d.plan and d.state in LIVE_STATES]
+        used = {d.id: {s["peer"] for s in [*d.plan["stages"], *d.plan.get("spares", [])]} for d in rows}
+        busy = set().union(*(peers for dep, peers in used.items() if dep != exclude))
+        for dep, held in list(self.draining.items()):
+            busy |= held - used.get(dep, set())
+        return busy
 
     # ---- planning --------------------------------------------------------------------------
     def spec_for(self, model: str, dtype: str) -> tuple[ModelSpec, str]:
@@ -522,6 +529,7 @@ class Deployer:
         move.update(load_s_measured=round(time.monotonic() - t0, 3), switched_at=time.time(),
                     in_flight_at_switch=old.admission.active + old.admission.waiting)
         runner.plan["spares"] = []  # the old spares copy old stages: freed after the drain, placed again then
+        self.draining[dep_id] = {h.peer_id for h in old.client.hops} | {sp["peer"] for sp in old.plan.get("spares", [])}
         self._serve(row.model, runner)
         self._update(dep_id, plan=runner.plan, generation=row.generation + 1)
         log.info("deployment %s moved to %s; %d request(s) finish on the old plan", dep_id,
@@ -537,7 +545,7 @@ class Deployer:
         begun by then), retire it and unload the peers the deployment's plan no longer uses."""
         st = self.settings
         deadline = time.monotonic() + st.request_timeout_s + st.queue_timeout_s
-        held = {h.peer_id for h in old.client.hops} | {sp["peer"] for sp in old.plan.get("spares", [])}
+        held = self.draining.get(dep_id, set())
         idle_since: float | None = None
         try:
             while time.monotonic() < deadline:
@@ -563,6 +571,7 @@ class Deployer:
                     await self._place_spares(dep_id, req, spec, cur)
                 self._update(dep_id, plan=cur.plan)
         finally:
+            self.draining.pop(dep_id, None)
             self.moving.discard(dep_id)
 
     def _unload_later(self, peers: set[str], model: str, dep_id: str) -> None:

@@ -447,7 +447,6 @@ class Replacer:
         return out
 
     async def check(self, row: Any, runner: Any) -> dict[str, Any]:
-        from prismn.coordinator.deployments import LIVE_STATES
         from prismn.coordinator.schemas import DeploymentRequest
 
         dep, store, policy = self.state.deployer, self.state.store, self.policy
@@ -459,8 +458,7 @@ class Replacer:
         old = plan["stages"]
         old_peers = {s["peer"] for s in old}
         own_spares = {sp["peer"] for sp in plan.get("spares", [])}
-        busy = {s["peer"] for d in await asyncio.to_thread(store.deployments) if d.id != row.id and d.plan
-                and d.state in LIVE_STATES for s in [*d.plan["stages"], *d.plan.get("spares", [])]}
+        busy = await asyncio.to_thread(self.state.deployer.peers_in_use, row.id)
         online = [p.id for p in await asyncio.to_thread(store.peers, "online") if p.id not in busy]
         if not old_peers <= set(online):
             raise PrismnError("a peer of the plan is offline (failure recovery re-plans it)")
