@@ -112,3 +112,30 @@ def test_peer_costs_take_keeps_rows(swarm_factory):
     sub = pc.take(np.array([2, 0]))
     assert sub.intensity.tolist() == [30.0, 100.0]
     assert sub.layer_s[1] == pc.layer_s[0]
+
+
+def test_measured_board_power_wins_over_the_datasheet(swarm_factory):
+    """A peer that measured its board power (self-benchmark, NVML) is priced on it: active and idle, x host
+    overhead and PUE; the stage row names the source; idle is never priced above active."""
+    from prismn.placement.costmodel import HOST_OVERHEAD
+
+    m = {"model": SPEC.name, "dtype": "bf16", "s_per_layer": 0.001, "active_w": 200.0, "idle_w": 70.0,
+         "power_source": "NVML test"}
+    sw = swarm_factory([
+        {"id": "a", "lat": 50, "lon": 8, "free_vram_gb": 24, "gpu": "RTX 4090", "carbon_intensity": 100.0,
+         "pue": 1.1, "measurements": [m]},
+        {"id": "b", "lat": 48, "lon": 2, "free_vram_gb": 24, "gpu": "RTX 4090", "carbon_intensity": 100.0},
+    ], coordinator=(50, 8))
+    cm = CostModel(SPEC)
+    assert cm.peer_power_w(sw.peer("a")) == pytest.approx((200.0 * HOST_OVERHEAD * 1.1, 70.0 * HOST_OVERHEAD * 1.1))
+    assert cm.peer_power_w(sw.peer("b"))[0] == pytest.approx(CostModel.power_w(sw.peer("b")))
+    ev = evaluate_plan(Plan("t", SPEC.name, [Stage("a", 0, 16, embedding=True), Stage("b", 16, 32, head=True)]),
+                       SPEC, sw)
+    row = ev.stages[0]
+    assert row["power_source"] == "measured (NVML test)" and ev.stages[1]["power_source"].startswith("datasheet")
+    assert row["energy_j_per_token"] == pytest.approx(row["compute_ms_per_token"] / 1e3 * 200.0 * HOST_OVERHEAD * 1.1)
+    hot = {**m, "idle_w": 400.0}
+    peer = swarm_factory([{"id": "c", "lat": 50, "lon": 8, "free_vram_gb": 24, "gpu": "RTX 4090",
+                           "measurements": [hot]}], coordinator=(50, 8)).peer("c")
+    active, idle = cm.peer_power_w(peer)
+    assert idle == active

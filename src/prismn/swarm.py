@@ -57,6 +57,11 @@ class Measurement(BaseModel):
     # inflate s_per_layer
     s_step_fixed: float = Field(default=0.0, ge=0)
     source: str | None = Field(default=None, max_length=200)  # e.g. "observed: median of 40 decode steps served"
+    # board power (W, GPU alone: host overhead and PUE are added by the cost model), e.g. from NVML during
+    # the self-benchmark: while decoding, and while holding the stage with nothing to run
+    active_w: float | None = Field(default=None, gt=0, le=5000, allow_inf_nan=False)
+    idle_w: float | None = Field(default=None, gt=0, le=5000, allow_inf_nan=False)
+    power_source: str | None = Field(default=None, max_length=200)
 
 
 def _check_gpu_name(v: str | None) -> str | None:

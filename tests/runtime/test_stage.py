@@ -171,3 +171,35 @@ def test_batched_decode_equals_each_session_alone(arch, tiny):
     together, lb = run(True)
     assert together == alone
     assert (la - lb).abs().max().item() <= 1e-5
+
+
+def test_self_benchmark_measures_board_power_when_a_reader_exists(tiny):
+    """On a GPU the reader is NVML (torch.cuda.power_draw); here a fake sensor that reads high only right
+    after a decode step ran: the decode phase and the idle phase are told apart, settle samples dropped."""
+    import time as _time
+
+    from prismn.runtime.selfbench import measure_power, power_reader, self_benchmark
+    from prismn.swarm import Measurement
+
+    assert power_reader("cpu") is None  # off CUDA: no reading, the datasheet applies
+    last = {"t": -1e9}
+
+    def step():
+        last["t"] = _time.monotonic()
+
+    def read():
+        return 250.0 if _time.monotonic() - last["t"] < 0.02 else 60.0
+
+    assert measure_power(step, read, active_s=0.3, idle_s=0.3, settle_s=0.1) == {"active_w": 250.0, "idle_w": 60.0}
+    st = Stage(Checkpoint(tiny["llama"][0]), 2, 4)
+    calls = {"n": 0}
+
+    def sensor():
+        calls["n"] += 1
+        return 123.0
+
+    m = self_benchmark(st, tokens=2, warmup=1, power=sensor, power_s=0.2)
+    assert calls["n"] >= 2 and m["active_w"] == 123.0 and m["idle_w"] == 123.0 and "NVML" in m["power_source"]
+    parsed = Measurement.model_validate(m)  # what a join carries
+    assert parsed.active_w == 123.0 and parsed.idle_w == 123.0
+    assert "active_w" not in self_benchmark(st, tokens=2, warmup=1, power=False)

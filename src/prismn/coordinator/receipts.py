@@ -12,7 +12,8 @@ from prismn.placement.costmodel import CostModel
 from prismn.placement.kernel import grams, reserved_joules
 from prismn.swarm import Swarm
 
-ENERGY_BASIS = ("measured stage compute time x modelled power (TDP x 0.65 active x 1.3 host x PUE), this request "
+ENERGY_BASIS = ("measured stage compute time x modelled power (the peer's measured board power, else TDP x 0.65; x 1.3 "
+                "host x PUE), this request "
                 "charged its share of every batched pass it was part of (pass time x its tokens / the pass's "
                 "tokens); network: the plan's per-token decode-hop energy x tokens; grid intensity as named per "
                 "stage; not counted here: the idle draw of stages between passes and of warm spares while they wait "
@@ -22,6 +23,13 @@ RESERVED_BASIS = ("the plan's default carbon scope, measured: each stage's peer 
                   "idle draw x that time + (active - idle) draw x its measured compute + embodied carbon x that "
                   "time, plus network; compare with the plan's gco2e_total_per_token_at_load. After a recovery the "
                   "final plan's peers are charged for the whole request")
+
+
+def _measured(plan: dict[str, Any], peer: Any) -> Any:
+    opts = plan.get("assumptions") or {}
+    if not opts.get("use_measurements", True):
+        return None
+    return peer.measurement_for(str(plan.get("model", "")), str(opts.get("dtype", "")))
 
 
 def build_receipt(plan: dict[str, Any], swarm: Swarm, traces: list[list[Any]], prompt_tokens: int,
@@ -60,7 +68,8 @@ def build_receipt(plan: dict[str, Any], swarm: Swarm, traces: list[list[Any]], p
                 runs.append((st, sw.peer(st["peer"])))
     peers = [peer for _, peer in runs]
     t = np.array([compute_s.get(p.id, 0.0) for p in peers], dtype=float)
-    active = np.array([CostModel.power_w(p) for p in peers], dtype=float)
+    measured = [_measured(plan, p) for p in peers]  # the peer's own power measurement, as the plan priced it
+    active = np.array([CostModel.power_w(p, m) for p, m in zip(peers, measured, strict=True)], dtype=float)
     intensity = np.array([p.intensity.g_per_kwh for p in peers], dtype=float)
     emb_rate = np.array([CostModel.embodied_g_per_s(p) for p in peers], dtype=float)
     j_stage = t * active
@@ -86,7 +95,7 @@ def build_receipt(plan: dict[str, Any], swarm: Swarm, traces: list[list[Any]], p
     if decode_steps and step_s is not None and final:
         held_s = step_s / 1e3 * sum(1.0 / b for b in batches) if batches else step_s / 1e3 * decode_steps
         k = np.array(final)
-        idle = np.array([CostModel.idle_power_w(runs[i][1]) for i in final], dtype=float)
+        idle = np.array([CostModel.idle_power_w(runs[i][1], measured[i]) for i in final], dtype=float)
         j_res = reserved_joules(idle, active[k], held_s, decode_t[k])
         op = float(grams(j_res, intensity[k]).sum())
         emb = float((emb_rate[k] * held_s).sum())

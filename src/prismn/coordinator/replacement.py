@@ -194,10 +194,10 @@ def move_cost(spec: ModelSpec, swarm: Swarm, old: Sequence[StageLike], new: Sequ
         peer = swarm.peer(peer_id)
         if weights == "disk":
             t = b / (disk_gbps * 1e9)
-            j = t * cm.power_w(peer)
+            j = t * cm.peer_power_w(peer)[0]
         else:
             t = b * 8 / (peer.bandwidth_mbps * 1e6)
-            j = network_joules(b, cm.opt.k_net_kwh_per_gb) + t * cm.power_w(peer)
+            j = network_joules(b, cm.opt.k_net_kwh_per_gb) + t * cm.peer_power_w(peer)[0]
         per[peer_id] = b
         total += b
         joules += j

@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from prismn.model import GIB, ModelSpec
-from prismn.swarm import Peer
+from prismn.swarm import Measurement, Peer
 
 ETA_MEM = 0.7  # achieved fraction of peak memory bandwidth in batch-1 decode (research §6/§7.3)
 ETA_COMPUTE = 0.5  # achieved fraction of dense fp16 peak FLOP/s
@@ -145,15 +145,33 @@ class CostModel:
 
     # ---- power, energy, carbon ---------------------------------------------------------
     @staticmethod
-    def power_w(peer: Peer) -> float:
-        """Wall power while computing, including host overhead and the site's PUE."""
-        return peer.gpu.tdp_w * ACTIVE_POWER_FRACTION * HOST_OVERHEAD * peer.pue
+    def power_w(peer: Peer, measured: Measurement | None = None) -> float:
+        """Wall power while computing, including host overhead and the site's PUE: the board power the
+        peer measured while decoding (``measured.active_w``) when it did, else TDP x ACTIVE_POWER_FRACTION."""
+        board = measured.active_w if measured is not None and measured.active_w else peer.gpu.tdp_w * ACTIVE_POWER_FRACTION
+        return board * HOST_OVERHEAD * peer.pue
 
     @staticmethod
-    def idle_power_w(peer: Peer) -> float:
-        """Wall power of a GPU held for a deployment but waiting (network, other stages), with host and PUE."""
-        idle = peer.gpu.idle_w if peer.gpu.idle_w else peer.gpu.tdp_w * IDLE_POWER_FRACTION
-        return idle * HOST_OVERHEAD * peer.pue
+    def idle_power_w(peer: Peer, measured: Measurement | None = None) -> float:
+        """Wall power of a GPU held for a deployment but waiting (network, other stages), with host and PUE:
+        the board power the peer measured holding its stage idle, else the catalog's idle_w for its GPU,
+        else IDLE_POWER_FRACTION x TDP. Never above the active draw (a reservation cannot cost more than work)."""
+        if measured is not None and measured.idle_w:
+            board = measured.idle_w
+        else:
+            board = peer.gpu.idle_w if peer.gpu.idle_w else peer.gpu.tdp_w * IDLE_POWER_FRACTION
+        return min(board * HOST_OVERHEAD * peer.pue, CostModel.power_w(peer, measured))
+
+    def peer_power_w(self, peer: Peer) -> tuple[float, float]:
+        """(active, idle) wall power of this peer for this model: its own measurement when it has one."""
+        m = self._measured(peer)
+        return self.power_w(peer, m), self.idle_power_w(peer, m)
+
+    def power_source(self, peer: Peer) -> str:
+        m = self._measured(peer)
+        if m is not None and (m.active_w or m.idle_w):
+            return f"measured ({m.power_source or m.source or 'peer'})"
+        return f"datasheet ({'catalog idle_w' if peer.gpu.idle_w else f'idle {IDLE_POWER_FRACTION:g} x TDP'})"
 
     @staticmethod
     def embodied_g_per_s(peer: Peer) -> float:

@@ -115,6 +115,7 @@ def evaluate_plan(
                 "fits": need <= usable,
                 "compute_ms_per_token": float(t[i]) * 1e3,
                 "time_source": cm.time_source(peer),
+                "power_source": cm.power_source(peer),
                 "energy_j_per_token": float(e[i]),
                 "gco2e_per_token": float(g[i]),
                 "intensity": peer.intensity.to_json(),

@@ -115,8 +115,7 @@ class PeerCosts:
                     by_gpu[p.gpu.name] = row
             (cols["layer_s"][i], cols["head_s"][i], cols["embed_s"][i], cols["fixed_s"][i],
              cols["prefill_layer_s"][i], cols["layer_factor"][i], cols["head_factor"][i]) = row
-            cols["active_w"][i] = CostModel.power_w(p)
-            cols["idle_w"][i] = CostModel.idle_power_w(p)
+            cols["active_w"][i], cols["idle_w"][i] = cm.peer_power_w(p)
             cols["embodied_g_per_s"][i] = CostModel.embodied_g_per_s(p)
         return cls(**cols, intensity=np.array([p.intensity.g_per_kwh for p in peers], dtype=float),
                    bandwidth_mbps=np.array([p.bandwidth_mbps for p in peers], dtype=float), measured=measured)
