@@ -13,6 +13,7 @@ import pytest
 
 from prismn.geo import _in_ring
 from prismn.gpus import (
+    lookup_gpu,
     normalise,  # the lookup the product uses  # the point-in-polygon the product itself uses
 )
 
@@ -162,6 +163,10 @@ def test_gpus():
             owner[k] = g["name"]
         for f in ("vram_gb", "mem_bw_gbps", "fp16_tflops", "tdp_w"):
             assert g[f] > 0, (g["name"], f)
+        if g.get("idle_w"):  # a measured idle draw names its source and is below the board's TDP
+            assert 0 < g["idle_w"] < g["tdp_w"] and len(g.get("idle_source", "")) > 20, g["name"]
+    assert {g["name"] for g in gpus if g.get("idle_w")} >= {"H100 SXM", "A100 PCIe 80GB", "L40S"}
+    assert lookup_gpu("L40S").idle_w == 102.1 and "Parking Tax" in lookup_gpu("L40S").idle_source
     for want in ("H200 SXM", "H100 SXM", "H100 PCIe", "A100 SXM 80GB", "A100 SXM 40GB", "A100 PCIe 80GB",
                  "A100 PCIe 40GB", "A10", "A10G", "A40", "L4", "L40", "L40S", "T4", "V100 SXM2 16GB",
                  "V100 SXM2 32GB", "RTX 3060", "RTX 3070", "RTX 3080", "RTX 3090", "RTX 4060 Ti 16GB",

@@ -11,7 +11,16 @@ is the FP32 = FP16 shader peak (cores x 128 ALUs x 2 x clock).
 
 embodied_kgco2e is filled in by build_data.py: EcoLogits 0.11.3 GPU_EMBODIED_IMPACT_GWP = 273
 kgCO2e per GPU for every accelerator (no per-model life-cycle assessment is published).
+
+idle_w (optional, with idle_source) = board power while a process holds a CUDA context and a model but
+runs nothing: what a GPU reserved for a deployment draws between its stage's steps. A context holds the
+GPU at its boost clock, so this is well above bare idle. Only measured, cited values; the cost model's
+default (IDLE_POWER_FRACTION x TDP) applies to the rest.
 """
+
+PARKING_TAX = ("Vadari, 'The Model Parking Tax', arXiv:2605.23918 (2026), Table 2: board power at 0% utilisation "
+               "with a CUDA context held (nvidia-smi every 30 s for 20 min, n=40); bare idle without a context "
+               "was {bare} W")
 
 NV = "nvidia"
 
@@ -23,7 +32,7 @@ GPUS = [
          mem_bw_gbps=4800, fp16_tflops=989, tdp_w=700, source="NVIDIA H200 Tensor Core GPU datasheet"),
     dict(name="H100 SXM", aliases=["H100", "H100 SXM5", "H100 80GB", "H100 SXM 80GB", "H100 SXM5 80GB"],
          vendor=NV, vram_gb=80, mem_bw_gbps=3350, fp16_tflops=989, tdp_w=700,
-         source="NVIDIA H100 Tensor Core GPU datasheet"),
+         source="NVIDIA H100 Tensor Core GPU datasheet", idle_w=121.7, idle_source=PARKING_TAX.format(bare=71.8)),
     dict(name="H100 PCIe", aliases=["H100 PCIe 80GB", "H100 PCI-E"], vendor=NV, vram_gb=80, mem_bw_gbps=2000,
          fp16_tflops=756, tdp_w=350, source="NVIDIA H100 Tensor Core GPU datasheet"),
     dict(name="H100 NVL", aliases=["H100 NVL 94GB"], vendor=NV, vram_gb=94, mem_bw_gbps=3900,
@@ -35,7 +44,8 @@ GPUS = [
     dict(name="A100 SXM 40GB", aliases=["A100 40GB", "A100 SXM4 40GB"], vendor=NV, vram_gb=40,
          mem_bw_gbps=1555, fp16_tflops=312, tdp_w=400, source="NVIDIA A100 Tensor Core GPU datasheet"),
     dict(name="A100 PCIe 80GB", aliases=["A100 PCIe", "A100 80GB PCIe"], vendor=NV, vram_gb=80,
-         mem_bw_gbps=1935, fp16_tflops=312, tdp_w=300, source="NVIDIA A100 Tensor Core GPU datasheet"),
+         mem_bw_gbps=1935, fp16_tflops=312, tdp_w=300, source="NVIDIA A100 Tensor Core GPU datasheet",
+         idle_w=80.0, idle_source=PARKING_TAX.format(bare=53.7)),
     dict(name="A100 PCIe 40GB", aliases=["A100 40GB PCIe"], vendor=NV, vram_gb=40, mem_bw_gbps=1555,
          fp16_tflops=312, tdp_w=250, source="NVIDIA A100 Tensor Core GPU datasheet (40GB PCIe)"),
     dict(name="A40", aliases=["A40 48GB"], vendor=NV, vram_gb=48, mem_bw_gbps=696, fp16_tflops=149.7,
@@ -52,7 +62,7 @@ GPUS = [
     dict(name="L40", aliases=["L40 48GB"], vendor=NV, vram_gb=48, mem_bw_gbps=864, fp16_tflops=181,
          tdp_w=300, source="NVIDIA L40 datasheet"),
     dict(name="L40S", aliases=["L40S 48GB"], vendor=NV, vram_gb=48, mem_bw_gbps=864, fp16_tflops=362,
-         tdp_w=350, source="NVIDIA L40S datasheet"),
+         tdp_w=350, source="NVIDIA L40S datasheet", idle_w=102.1, idle_source=PARKING_TAX.format(bare=35.6)),
     dict(name="T4", aliases=["T4 16GB"], vendor=NV, vram_gb=16, mem_bw_gbps=320, fp16_tflops=65,
          tdp_w=70, source="NVIDIA T4 Tensor Core GPU datasheet"),
     dict(name="V100 SXM2 16GB", aliases=["V100", "V100 16GB", "V100 SXM2"], vendor=NV, vram_gb=16,

@@ -209,10 +209,12 @@ class Demo:
                         "from distance; energy = measured compute time x modelled CPU power; the whole-request "
                         "column adds the prompt's prefill)", title_justify="left")
         for col in ("strategy", "stages", "measured ms/token", "predicted ms/token", "measured mgCO2e/token",
-                    "predicted mgCO2e/token", "mgCO2e whole request / token", "grid g/kWh (energy-weighted)"):
+                    "predicted mgCO2e/token", "reserved mgCO2e/token measured / predicted",
+                    "mgCO2e whole request / token", "grid g/kWh (energy-weighted)"):
             t.add_column(col, justify="left" if col in ("strategy", "stages") else "right")
         done = [(lbl, d, r) for lbl, d, _, r in results if r is not None]
         for label, dep, rec in done:
+            res = rec.get("reserved") or {}  # idle draw while held + busy draw + embodied: the planner's default
             j = sum(s["joules"] for s in rec["stages"]) or 1.0
             grid = sum(s["joules"] * s["intensity_g_per_kwh"] for s in rec["stages"]) / j
             t.add_row(label, " > ".join(s["peer"] for s in dep["plan"]["stages"]),
@@ -220,12 +222,16 @@ class Demo:
                       _num(rec["predicted"]["latency_ms_per_token"], "{:.1f}"),
                       _num(rec["decode_gco2e_per_token"], "{:.4f}", 1e3),
                       _num(rec["predicted"]["gco2e_per_token"], "{:.4f}", 1e3),
+                      f"{_num(res.get('gco2e_per_token'), '{:.4f}', 1e3)} / "
+                      f"{_num(res.get('predicted_gco2e_per_token'), '{:.4f}', 1e3)}",
                       _num(rec["gco2e_per_token"], "{:.4f}", 1e3), f"{grid:.0f}")
         if len(done) == 2:
             (_, _, a), (_, _, b) = done
             t.add_row("ratio prismn / hackathon", "",
                       _ratio(b["measured"]["latency_ms_per_token"], a["measured"]["latency_ms_per_token"]), "",
                       _ratio(b["decode_gco2e_per_token"], a["decode_gco2e_per_token"]), "",
+                      _ratio((b.get("reserved") or {}).get("gco2e_per_token"),
+                             (a.get("reserved") or {}).get("gco2e_per_token")),
                       _ratio(b["gco2e_per_token"], a["gco2e_per_token"]), "")
         c.print(t)
 

@@ -23,6 +23,7 @@ class GPU:
     embodied_kgco2e: float
     source: str
     idle_w: float = 0.0  # draw while holding a stage and waiting (0: unknown, the cost model's default applies)
+    idle_source: str = ""  # where idle_w was measured (required with it)
     vendor: str = ""  # nvidia | amd | apple | generic: nvidia and amd GPUs lose a runtime context's VRAM
 
 
@@ -48,6 +49,7 @@ def _catalog() -> tuple[dict[str, GPU], list[str]]:
             embodied_kgco2e=float(row.get("embodied_kgco2e") or 0.0),
             source=row.get("source", ""),
             idle_w=float(row.get("idle_w") or 0.0),
+            idle_source=row.get("idle_source", ""),
             vendor=row.get("vendor", ""),
         )
         names.append(gpu.name)

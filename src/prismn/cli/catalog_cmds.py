@@ -24,9 +24,14 @@ def register(app: typer.Typer) -> None:
 
     @app.command("gpus")
     def gpus() -> None:
-        """GPUs in the embedded catalog (datasheet values)."""
-        t = Table("name", "aliases", "VRAM GB", "GB/s", "fp16 TFLOP/s", "TDP W")
+        """GPUs in the embedded catalog (datasheet values; idle draw where measured and cited)."""
+        from prismn.placement.costmodel import IDLE_POWER_FRACTION
+
+        t = Table("name", "aliases", "VRAM GB", "GB/s", "fp16 TFLOP/s", "TDP W", "idle W (held, waiting)")
         for g in load("gpus.json"):
+            idle = f"{g['idle_w']:g} (measured)" if g.get("idle_w") else f"{IDLE_POWER_FRACTION * g['tdp_w']:g} (default)"
             t.add_row(g["name"], ", ".join(g.get("aliases", [])), f"{g['vram_gb']:g}", f"{g['mem_bw_gbps']:g}",
-                      f"{g['fp16_tflops']:g}", f"{g['tdp_w']:g}")
+                      f"{g['fp16_tflops']:g}", f"{g['tdp_w']:g}", idle)
         Console().print(t)
+        Console().print(f"idle: measured with a CUDA context held where the catalog cites a source (idle_source in "
+                        f"gpus.json), else {IDLE_POWER_FRACTION:g} x TDP; a peer's own NVML measurement wins over both")
