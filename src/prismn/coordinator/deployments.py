@@ -69,11 +69,12 @@ def kv_token_budget(spec: ModelSpec, swarm: Swarm, stages: list[dict[str, Any]])
     for st in stages:
         if st["peer"] not in swarm.index:
             continue
-        n = st["layers"][1] - st["layers"][0]
+        stage = Stage.of(st)
+        n = stage.n_layers
         if n <= 0 or per_layer <= 0:
             continue
-        fixed = cm.stage_bytes(n, bool(st["embedding"]), bool(st["head"])) - n * cm.context * per_layer
-        tokens = int((cm.usable_bytes(swarm.peer(st["peer"])) - fixed) // (n * per_layer))
+        fixed = cm.stage_bytes(n, stage.embedding, stage.head) - n * cm.context * per_layer
+        tokens = int((cm.usable_bytes(swarm.peer(stage.peer)) - fixed) // (n * per_layer))
         best = tokens if best is None else min(best, tokens)
     return max(1, best if best is not None else cm.context)
 
@@ -94,13 +95,12 @@ def _best_swap(plan: dict[str, Any], target: dict[str, Any], candidates: list[st
     """(peer, value) of the candidate that can hold ``target``'s layers and keeps the plan best on ``metric``
     (ties: faster) when it takes that stage, within ``max_latency_ms``, judged by the evaluator; None if
     none fits."""
-    n = target["layers"][1] - target["layers"][0]
+    want = Stage.of(target)
     best: tuple[str, float, float] | None = None
     for p in candidates:
-        if p not in swarm.index or cm.max_layers(swarm.peer(p), target["embedding"], target["head"]) < n:
+        if p not in swarm.index or cm.max_layers(swarm.peer(p), want.embedding, want.head) < want.n_layers:
             continue
-        stages = [Stage(p if st is target else st["peer"], st["layers"][0], st["layers"][1], st["embedding"],
-                        st["head"]) for st in plan["stages"]]
+        stages = [want.on(p) if st is target else Stage.of(st) for st in plan["stages"]]
         ev = evaluate_plan(Plan("swap", spec.name, stages), spec, swarm)
         lat = ev.metrics["latency_ms_per_token"]
         if not ev.feasible or (max_latency_ms is not None and lat > max_latency_ms):
@@ -129,8 +129,8 @@ class Runner:
         self.identity = identity
         self.assignment_ttl_s = assignment_ttl_s
         keys = keys or {}
-        hops = [Hop(s["peer"], addresses[s["peer"]], tuple(s["layers"]), s["embedding"], s["head"],
-                    keys.get(s["peer"])) for s in plan["stages"]]
+        hops = [Hop(s.peer, addresses[s.peer], s.layers, s.embedding, s.head, keys.get(s.peer))
+                for s in map(Stage.of, plan["stages"])]
         self.client = PipelineClient(hops, rtt=RttMatrix(rtt) if rtt else None, identity=self.identity,
                                      transport=transport)
         self.tokenizer: Any = None
@@ -419,7 +419,7 @@ class Deployer:
                 if peer is None:
                     return None
                 used.add(peer)
-            stages.append(Stage(peer, st["layers"][0], st["layers"][1], st["embedding"], st["head"]))
+            stages.append(Stage.of(st).on(peer))
         if not used:
             return None
         ev = evaluate_plan(Plan(old.get("strategy") or "prismn", spec.name, stages,
@@ -447,8 +447,7 @@ class Deployer:
                 return None
             st["peer"] = best[0]
             free.remove(best[0])
-        stages = [Stage(st["peer"], st["layers"][0], st["layers"][1], st["embedding"], st["head"])
-                  for st in plan["stages"]]
+        stages = [Stage.of(st) for st in plan["stages"]]
         ev = evaluate_plan(Plan(old.get("strategy") or "prismn", spec.name, stages,
                                 notes={"replaced_spans": [st["layers"] for st in lost]}), spec, swarm)
         return ev if ev.feasible else None

@@ -143,14 +143,7 @@ StageLike = Stage | dict[str, Any]
 
 def stage_keys(stages: Iterable[StageLike]) -> list[tuple[str, int, int, bool, bool]]:
     """(peer, start, end, embedding, head) for placement Stages or plan-JSON stages alike."""
-    out = []
-    for s in stages:
-        if isinstance(s, dict):
-            out.append((str(s["peer"]), int(s["layers"][0]), int(s["layers"][1]), bool(s["embedding"]),
-                        bool(s["head"])))
-        else:
-            out.append((s.peer, s.start, s.end, bool(s.embedding), bool(s.head)))
-    return out
+    return [Stage.of(s).key for s in stages]
 
 
 def held_parts(stages: Iterable[StageLike]) -> dict[str, set[str]]:

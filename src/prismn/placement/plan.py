@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 
 @dataclass
 class Stage:
+    """One stage of a plan: a peer holding layers [start, end) and maybe the embedding and the LM head.
+    The one stage type: plan JSON carries it as {"peer", "layers": [start, end], "embedding", "head"}
+    (`Stage.of` reads either form back)."""
+
     peer: str
     start: int  # first layer held
     end: int  # one past the last layer held: layers [start, end)
@@ -17,6 +22,27 @@ class Stage:
     @property
     def n_layers(self) -> int:
         return self.end - self.start
+
+    @property
+    def layers(self) -> tuple[int, int]:
+        return (self.start, self.end)
+
+    @property
+    def key(self) -> tuple[str, int, int, bool, bool]:
+        """What makes two stages the same stage (a stage server reuses an identical one)."""
+        return (self.peer, self.start, self.end, self.embedding, self.head)
+
+    @classmethod
+    def of(cls, s: Stage | Mapping[str, Any]) -> Stage:
+        """A Stage, or one read from a plan-JSON stage ({"peer", "layers": [start, end], "embedding", "head"})."""
+        if isinstance(s, Stage):
+            return s
+        a, b = s["layers"]
+        return cls(str(s["peer"]), int(a), int(b), bool(s.get("embedding", False)), bool(s.get("head", False)))
+
+    def on(self, peer: str) -> Stage:
+        """The same layers (and embedding, head) held by another peer."""
+        return replace(self, peer=peer)
 
 
 @dataclass
