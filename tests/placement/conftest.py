@@ -32,3 +32,15 @@ def random_swarm(seed: int, n: int, vram=(0.3, 2.0), measured: int = 0, spread: 
         rtt.setdefault(a, {})[b] = round(rng.uniform(0.5, 120.0), 2)
     return parse_swarm({"coordinator": {"lat": rng.uniform(35, 60), "lon": rng.uniform(-10, 30)}, "peers": peers,
                         "rtt_ms": rtt})
+
+
+def fast_sample(values, keep: int = 1) -> list:
+    """The first `keep` values run in the fast tier (`pytest -m "not slow"`); the rest of the grid is
+    marked slow (make test and CI still run all of it). Tuples become several arguments."""
+    import pytest
+
+    out = []
+    for i, v in enumerate(values):
+        args = v if isinstance(v, tuple) else (v,)
+        out.append(pytest.param(*args, marks=() if i < keep else pytest.mark.slow))
+    return out

@@ -21,7 +21,7 @@ from prismn.placement.optimal import Objective, plan_optimal
 from prismn.swarm import parse_swarm
 from prismn.swarmgen import generate_swarm
 
-from .conftest import GPUS
+from .conftest import GPUS, fast_sample
 from .milp import solve_milp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -82,7 +82,7 @@ def test_client_path_bound_is_the_distance_without_measurements():
 
 
 @pytest.mark.parametrize("mode", ["all", "some", "wild"])
-@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("seed", fast_sample(range(5)))
 @pytest.mark.parametrize("kind", ["latency", "carbon", "bounded"])
 def test_measured_rtts_match_milp(mode, seed, kind):
     sw = swarm_with_rtts(seed, 8 + 2 * seed, mode)
@@ -108,7 +108,7 @@ def test_measured_rtts_match_milp(mode, seed, kind):
         assert ev.metrics["latency_ms_per_token"] <= bound[1] * 1e3 * (1 + 1e-9)
 
 
-@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("seed", fast_sample(range(3)))
 def test_deep_carbon_plan_405b_on_32_peers_matches_milp(seed):
     from .conftest import random_swarm
 
@@ -121,7 +121,7 @@ def test_deep_carbon_plan_405b_on_32_peers_matches_milp(seed):
     assert ev.metrics["gco2e_per_token"] == pytest.approx(ref.metrics["gco2e_per_token"], rel=REL)
 
 
-@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("seed", fast_sample(range(3)))
 @pytest.mark.parametrize("scope", ["operational", "total"])
 def test_deep_carbon_plan_many_small_peers_matches_milp(seed, scope):
     from .conftest import random_swarm

@@ -51,6 +51,10 @@ DSSR_CELLS = 2e9  # most cells of one relaxation table (decremental state-space 
 # a seed only has to give a good feasible plan (its cost filters every other peer), not a proof: a small
 # relaxation, then a greedy dive, keep a few reused peers from blowing DSSR up on a 16-peer seed
 SEED_THETA, SEED_POPS = 6, 2_000
+# peers the relaxation keeps elementary before the best-first search takes over with its tables as bounds
+# (each one doubles the tables: 2^theta x L x m^2 work). Small values make 1,000-peer latency solves
+# faster but leave deep ones to the search (theta 4: a 15-peer swarm went unproven), so: as before.
+SEARCH_THETA = 14
 SEARCH_POPS = 10_000  # labels one best-first search may expand (the slowest seen here: ~80 s)
 STRATEGY = "prismn"
 # the evaluator's metric each carbon scope minimises
@@ -231,23 +235,26 @@ class Engine:
 
     # ---- one exact solve -----------------------------------------------------------------------------
     def solve(self, wl: float, wc: float, s_metric: str, bound_s: float | None = None,
-              max_pops: int | None = None, max_cells: float = DSSR_CELLS) -> Solution | None:
+              max_pops: int | None = None, max_cells: float = DSSR_CELLS,
+              only: np.ndarray | None = None) -> Solution | None:
         """Lexicographic min of (wl*latency + wc*carbon, S) with S = latency|carbon, S <= bound_s.
 
         In the reserved scope (the default) carbon is A x W + B, not additive: any problem whose
         objective or bound involves carbon goes to the exact product search (reserved.py); the
-        fastest plan alone stays the additive latency search (its carbon is then only reported)."""
+        fastest plan alone stays the additive latency search (its carbon is then only reported).
+        `only`: peers known to hold every plan that can meet the bound (the others are left out)."""
         if self.inst.carbon_scope == "reserved" and (wc or (s_metric == "carbon" and bound_s is not None)):
             from prismn.placement.reserved import RESERVED_POPS, solve_reserved
 
             bl = bound_s if s_metric == "latency" else None
             bf = bound_s if s_metric == "carbon" else None
-            return solve_reserved(self, wl, wc, bl, bf, RESERVED_POPS if max_pops is None else max_pops)
+            return solve_reserved(self, wl, wc, bl, bf, RESERVED_POPS if max_pops is None else max_pops, only)
         return self.solve_linear(wl, wc, s_metric, bound_s, SEARCH_POPS if max_pops is None else max_pops,
-                                 max_cells)
+                                 max_cells, only)
 
     def solve_linear(self, wl: float, wc: float, s_metric: str, bound_s: float | None = None,
-                     max_pops: int = SEARCH_POPS, max_cells: float = DSSR_CELLS) -> Solution | None:
+                     max_pops: int = SEARCH_POPS, max_cells: float = DSSR_CELLS,
+                     only: np.ndarray | None = None) -> Solution | None:
         """solve() for additive metrics: latency, and carbon in the operational and total scopes.
 
         Budgets are deterministic: max_pops labels expanded, max_cells DP-table cells per relaxation."""
@@ -258,6 +265,8 @@ class Engine:
         lbP = self.peer_lower_bounds(wl, wc)
         lbS = self.peer_lower_bounds(sl, sc)
         alive = self.usable[np.isfinite(lbP[self.usable])]
+        if only is not None:
+            alive = np.intersect1d(alive, only)
         if bound_s is not None:
             alive = alive[lbS[alive] <= bound_s * (1 + 1e-12)]
         stats: dict = {"peers": inst.n, "usable": len(self.usable), "after_bound_filter": len(alive)}
@@ -298,7 +307,9 @@ class Engine:
             K = self.stage_bound(wl, wc, ub)
             if bound_s is not None and sl:
                 K = min(K, self.stage_bound(sl, sc, bound_s))
-            cand = self.dominance_prune(cand, max(K, 1))
+            # the fastest plan's ties are broken by carbon in the reserved scope too: prune on its terms
+            reserved = self.inst.carbon_scope == "reserved" and (wl, wc) == (1.0, 0.0)
+            cand = self.dominance_prune(cand, max(K, 1), reserved=reserved)
             stats["stage_bound"] = K
             pos = {int(p): i for i, p in enumerate(cand)}
             incumbent = [(pos[int(seed_idx[q])], n, r) for q, n, r in inc.stages] \
@@ -327,7 +338,10 @@ class Engine:
         W_lat = self.inst.hop_time_matrix(idx) if (wl or sl) else None
         caps = {r: self.inst.caps[r][idx] for r in ROLES}
         P = self.costs(wl, wc, idx, W_lat)
-        keep = through_bounds(P, caps, self.L, relaxed_bounds(P, caps, self.L)) <= ub * (1 + 1e-9) + 1e-300
+        through = through_bounds(P, caps, self.L, relaxed_bounds(P, caps, self.L))
+        if (wl, wc) == (1.0, 0.0) and bound_s is None:  # kept for the exact latency tie-break
+            self._lat_through = (idx, through)
+        keep = through <= ub * (1 + 1e-9) + 1e-300
         if bound_s is not None:
             S = self.costs(sl, sc, idx, W_lat)
             keep &= through_bounds(S, caps, self.L, relaxed_bounds(S, caps, self.L)) <= bound_s * (1 + 1e-12)
@@ -340,8 +354,10 @@ class Engine:
             return self._search(idx, wl, wc, sl, sc, None, None, 0, SEED_THETA, prove=False)
         return self._search(idx, wl, wc, sl, sc, bound_s, None, SEED_POPS, SEED_THETA)
 
-    def _search(self, idx, wl, wc, sl, sc, bound_s, incumbent, max_pops, max_theta: int = 14,
+    def _search(self, idx, wl, wc, sl, sc, bound_s, incumbent, max_pops, max_theta: int | None = None,
                 prove: bool = True) -> Result | None:
+        if max_theta is None:  # scalar: small tables, then the search; bounded: as elementary as affordable
+            max_theta = SEARCH_THETA if bound_s is None else 14
         check_memory(len(idx))
         W_lat = self.inst.hop_time_matrix(idx) if (wl or sl) else None
         P = self.costs(wl, wc, idx, W_lat)
@@ -355,6 +371,8 @@ class Engine:
             return Result(path, value, _cost(S, path), True, 0, value, stats={"method": "knapsack"})
         path, value, info = dssr(P, caps, self.L, max_theta, max_cells=self.cells)
         tables_P = info.pop("tables", None)
+        if prove and (wl, wc) == (1.0, 0.0) and bound_s is None and tables_P is not None:
+            self._lat_tables = (idx, P, caps, tables_P)  # reused by the exact latency tie-break
         if path is None and not wl and math.isfinite(value):  # dssr gave up: the knapsack is exact
             path, value = solve_order_free(P.R, P.F, caps, self.L)
             if path is not None:
@@ -420,7 +438,7 @@ class Engine:
             if bound_s is not None and s_val > bound_s:
                 return None
             return Result(incumbent, p_val, s_val, False, 0, -INF, note="seed plan, not searched")
-        return s.run(incumbent, max_pops=max_pops, tighten=False)
+        return s.run(incumbent, max_pops=max_pops)
 
     def _metrics(self, stages: list[tuple[int, int, str]]) -> tuple[float, float]:
         """Latency (s) and carbon (g, the instance's scope) of a plan, from the arrays."""
@@ -631,6 +649,53 @@ def break_tie(engine: Engine, sol: Solution) -> Solution:
 TIE_POPS = 200  # labels of the exact latency tie-break (least carbon at the optimal latency)
 
 
+TIE_LEX_POPS = 2_000  # labels of the lexicographic tie search (each cheap: the DSSR tables prune the rest)
+
+
+def lexicographic_ties(engine: Engine, sol: Solution, only: np.ndarray | None) -> Solution | None:
+    """Least carbon among the fastest plans as the lexicographic minimum of (latency, carbon'), where
+    carbon' is additive: the scope's carbon, or in the reserved scope at batch 1 (wall time == latency)
+    L* x A + B, which equals A x W + B on every plan whose latency is L*. The latency term is bounded by
+    the exact DSSR tables of the latency relaxation on the tie candidates, so only labels on (near)
+    fastest paths are expanded. None when it does not apply or is not proven within its budget."""
+    inst = engine.inst
+    if only is None or not len(only) or not sol.proven or len(only) > 400:
+        return None
+    if inst.carbon_scope == "reserved" and inst.batch != 1:
+        return None
+    stash = getattr(engine, "_lat_tables", None)
+    if stash is not None and all(p in set(stash[0].tolist()) for p, _, _ in sol.stages):
+        # the latency solve's own candidates (dominance kept every carbon term) and exact DSSR tables
+        idx, P, caps, tables = stash
+    else:
+        idx = np.asarray(only, dtype=np.int64)
+        P = engine.costs(1.0, 0.0, idx, inst.hop_time_matrix(idx))
+        caps = {r: inst.caps[r][idx] for r in ROLES}
+        path, value, info = dssr(P, caps, engine.L, 14, max_cells=engine.cells)
+        tables = info.pop("tables", None)
+        if path is None or not math.isfinite(value):
+            return None
+    m = len(idx)
+    if inst.carbon_scope == "reserved":
+        Wz = np.zeros((m + 1, m + 1))
+        np.fill_diagonal(Wz, INF)
+        lstar = sol.latency_s
+        S = Costs(inst.reserved.per_layer[idx].copy(),
+                  {r: lstar * inst.alpha[idx] + inst.reserved.fixed[r][idx] for r in ROLES}, Wz)
+    else:
+        S = engine.costs(0.0, 1.0, idx, None)
+    pos = {int(p): i for i, p in enumerate(idx)}
+    if not all(p in pos for p, _, _ in sol.stages):
+        return None
+    inc = [(pos[p], n, r) for p, n, r in sol.stages]
+    res = Search(P, S, caps, engine.L, None, tables_P=tables).run(inc, max_pops=TIE_LEX_POPS)
+    if res is None or not res.proven:
+        return None
+    stages = [(int(idx[q]), n, r) for q, n, r in res.stages]
+    lat, car = engine._metrics(stages)
+    return Solution(stages, lat, car, True, lat, {"method": "lexicographic ties", "pops": res.pops})
+
+
 def exact_tie_break(engine: Engine, sol: Solution, info: dict) -> Solution:
     """Least carbon among the plans whose latency equals the optimum (1e-12 relative): the bounded
     problem with the bound at the optimum, solved exactly. Only peers whose latency lower bound meets
@@ -638,7 +703,16 @@ def exact_tie_break(engine: Engine, sol: Solution, info: dict) -> Solution:
     tie-break (break_tie) stands and the notes say the tie-break was not proven."""
     if engine.inst.carbon_scope == "reserved" and not hasattr(engine, "_fastest"):
         engine._fastest = sol  # the proven fastest plan: the reserved search's wall-time floor and incumbent
-    tb = engine.solve(0.0, 1.0, "latency", sol.latency_s * (1 + 1e-12), max_pops=TIE_POPS)
+    # an equally fast plan uses only peers through which the relaxed (peers may repeat) fastest plan is
+    # no slower than the optimum: a small set, kept by the latency solve's relaxed filter
+    from prismn.placement.reserved import tie_candidates
+
+    only = tie_candidates(engine, sol)
+    if only is not None:
+        info["tie_candidates"] = len(only)
+    tb = lexicographic_ties(engine, sol, only)
+    if tb is None:  # at load (W != latency) or no small candidate set: the bounded carbon search
+        tb = engine.solve(0.0, 1.0, "latency", sol.latency_s * (1 + 1e-12), max_pops=TIE_POPS, only=only)
     if tb is None or not tb.proven:
         info["tie_break"] = "carbon among equally fast plans: swap heuristic only (exact search hit its budget)"
         return sol

@@ -24,6 +24,12 @@ set, partial A, W, B and batch-1 latency), with
 
 The first label popped whose bound reaches the incumbent proves it optimal. The budget is in labels
 (deterministic); past it the plan says how far it may be from the proven bound.
+
+Per-peer wall-time floors (the relaxed fastest plan through each peer) strengthen the bound: a
+completion peer is reserved for max(omega, its floor) (second tables, read at the grid point below: not
+concave), and a label's wall time is at least the largest floor of its peers. The unbounded least-carbon
+problem goes first to the branch and bound over the wall time (intervals.py); this search continues
+from its best plan when that one stops at its budget.
 """
 
 from __future__ import annotations
@@ -35,9 +41,9 @@ import numpy as np
 
 from prismn.placement.instance import ROLES
 from prismn.placement.knapsack import solve_order_free
-from prismn.placement.search import INF, Costs, relaxed_bounds
+from prismn.placement.search import INF, Costs, relaxed_bounds, through_bounds
 
-FASTEST_POPS, FASTEST_CELLS = 300, 2e8  # budget of the fastest-plan solve that gives the wall-time floor
+FASTEST_POPS, FASTEST_CELLS = 3_000, 2e8  # budget of the fastest-plan solve that gives the wall-time floor
 MAX_CANDIDATES = 1_200  # peers the search itself takes (best lower bounds first); beyond: not proven
 TIE_POPS = 500  # labels of the incumbent "least carbon among the fastest plans"
 RESERVED_LABELS = 60_000  # labels one search may create (deterministic; bounds memory and dominance checks)
@@ -68,7 +74,7 @@ class ReservedSearch:
     and f <= bf (f the reserved carbon per token)."""
 
     def __init__(self, inst, idx: np.ndarray, wl: float, wc: float, omega0: float,
-                 bl: float | None = None, bf: float | None = None):
+                 bl: float | None = None, bf: float | None = None, wfloor: np.ndarray | None = None):
         self.inst, self.idx, self.L = inst, idx, inst.L
         self.wl, self.wc = wl, wc
         self.bl = INF if bl is None else bl * (1 + 1e-12)
@@ -82,16 +88,31 @@ class ReservedSearch:
         self.Rb, self.Fb = inst.reserved.per_layer[idx], {r: inst.reserved.fixed[r][idx] for r in ROLES}
         self.alpha = inst.alpha[idx]
         self.omega0 = omega0
+        # wfloor[q] <= the wall time of every plan that uses q (so a plan's W >= each of its peers' floors)
+        self.wfloor = np.full(m, omega0) if wfloor is None else np.maximum(wfloor, omega0)
         bw = relaxed_bounds(Costs(self.Rw, self.Fw, self.HW), self.caps, self.L)
         self.hW = bw.dp
+        if m:  # the relaxed fastest plan through q (a lower bound on the wall time of every plan using q)
+            thr = through_bounds(Costs(self.Rw, self.Fw, self.HW), self.caps, self.L, bw)
+            self.wfloor = np.maximum(self.wfloor, np.where(np.isfinite(thr), thr, INF))
         self.hL = bw.dp if inst.batch == 1 else relaxed_bounds(Costs(self.Rl, self.Fl, self.HL), self.caps, self.L).dp
         self.omegas = omega0 * np.geomspace(1.0, 8.0, OMEGA_GRID) if omega0 > 0 else np.zeros(1)
         capM, capL = self.caps["middle"], self.caps["last"]
+        # G: every peer reserved for omega (concave in omega: interpolated); Gf: for max(omega, its floor)
+        # (not concave: looked up at the grid point below)
         self.G = np.stack([_togo_orderfree(self.Rb, om * self.alpha + self.Fb["middle"],
                                            om * self.alpha + self.Fb["last"], capM, capL, self.L)
                            for om in self.omegas]) if m else np.zeros((1, self.L + 1))
+        self.floors = bool(m) and bool((self.wfloor > omega0).any())
+        self.Gf = np.stack([_togo_orderfree(self.Rb, self._res(om) + self.Fb["middle"],
+                                            self._res(om) + self.Fb["last"], capM, capL, self.L)
+                            for om in self.omegas]) if self.floors else self.G
         self.ns = np.arange(1, self.L + 1)
         self.a_grid = None
+
+    def _res(self, om: float) -> np.ndarray:
+        """Each candidate's reservation when the plan's wall time is at least om: alpha x max(om, floor)."""
+        return self.alpha * np.maximum(om, self.wfloor)
 
     def weighted_tables(self, a_hi: float) -> None:
         """T[a, ω, j] <= min over completions of a x ΔW + ω x ΔA + ΔB (see `_G2`): a fractional fill of
@@ -110,24 +131,30 @@ class ReservedSearch:
         a_min = float(self.alpha.min())
         self.a_grid = np.concatenate([[0.0], np.geomspace(min(a_min, a_hi), a_hi, 5)])
         T = np.full((len(self.a_grid), len(self.omegas), L + 1), INF)
+        Tf = np.full((len(self.a_grid), len(self.omegas), L + 1), INF) if self.floors else T
         for ia, a in enumerate(self.a_grid):
             extra = a * (self.Fw["last"] - self.Fw["middle"]) + self.Fb["last"] - self.Fb["middle"]
             last_extra = float(extra[okL].min()) if okL.any() else INF
             for iw, om in enumerate(self.omegas):
-                rate = a * self.Rw + self.Rb + (om * self.alpha + a * (self.Fw["middle"] + hin) + self.Fb["middle"]) / capM
-                order = np.argsort(rate, kind="stable")
-                cnt = np.minimum(self.caps["middle"][order], L)
-                per_layer = np.repeat(rate[order], np.maximum(cnt, 0))[:L]
-                fill = np.full(L + 1, INF)
-                fill[0] = 0.0
-                fill[1:len(per_layer) + 1] = np.cumsum(per_layer)
-                js = np.arange(L + 1)
-                T[ia, iw] = fill[L - js] + a * to_client + last_extra
+                for tab, res in ((T, om * self.alpha), (Tf, self._res(om))):
+                    rate = a * self.Rw + self.Rb + (res + a * (self.Fw["middle"] + hin) + self.Fb["middle"]) / capM
+                    order = np.argsort(rate, kind="stable")
+                    cnt = np.minimum(self.caps["middle"][order], L)
+                    per_layer = np.repeat(rate[order], np.maximum(cnt, 0))[:L]
+                    fill = np.full(L + 1, INF)
+                    fill[0] = 0.0
+                    fill[1:len(per_layer) + 1] = np.cumsum(per_layer)
+                    js = np.arange(L + 1)
+                    tab[ia, iw] = fill[L - js] + a * to_client + last_extra
+                    if not self.floors:
+                        break
         T[:, :, L] = INF
-        self.T = T
+        Tf[:, :, L] = INF
+        self.T, self.Tf = T, Tf
 
     def _G2(self, a: np.ndarray, w: np.ndarray, j: np.ndarray) -> np.ndarray:
-        """Bilinear interpolation of T (concave in (a, ω): a minimum of linear functions), a lower bound."""
+        """Lower bound from T (bilinear interpolation: concave in (a, omega), a minimum of linear
+        functions) and from Tf (the omega grid point at or below, interpolated in a only)."""
         ag, om = self.a_grid, self.omegas
         a = np.clip(a, ag[0], ag[-1])
         w = np.clip(w, om[0], om[-1])
@@ -142,10 +169,15 @@ class ReservedSearch:
         T = self.T
         v = ((1 - s) * (1 - t) * T[ka, kw, j] + s * (1 - t) * T[ka + 1, kw, j]
              + (1 - s) * t * T[ka, kw1, j] + s * t * T[ka + 1, kw1, j])
+        if self.floors:
+            kf = np.where(w >= om[kw1], kw1, kw)
+            vf = (1 - s) * self.Tf[ka, kf, j] + s * self.Tf[ka + 1, kf, j]
+            v = np.where(np.isfinite(vf), np.maximum(v, vf), v)
         return np.where(np.isfinite(v), v, -INF)
 
     def _G(self, what: np.ndarray, j: np.ndarray) -> np.ndarray:
-        """Lower bound on G_what(j), elementwise: interpolation of the concave G between grid points."""
+        """Lower bound on the least omega x dA + dB completion, elementwise: G interpolated (concave in
+        omega), and Gf (per-peer floors) at the grid point at or below."""
         om = self.omegas
         if len(om) == 1:
             return self.G[0][j]
@@ -153,7 +185,11 @@ class ReservedSearch:
         k = np.clip(np.searchsorted(om, w, side="right") - 1, 0, len(om) - 2)
         t = (w - om[k]) / (om[k + 1] - om[k])
         g0, g1 = self.G[k, j], self.G[k + 1, j]
-        return np.where(np.isfinite(g0) & np.isfinite(g1), g0 + t * (g1 - g0), np.minimum(g0, g1))
+        g = np.where(np.isfinite(g0) & np.isfinite(g1), g0 + t * (g1 - g0), np.minimum(g0, g1))
+        if self.floors:
+            kf = np.clip(np.searchsorted(om, what, side="right") - 1, 0, len(om) - 1)
+            g = np.maximum(g, self.Gf[kf, j])
+        return g
 
     def cost(self, path: list[tuple[int, int, str]]) -> tuple[float, float, float]:
         """(latency s, wall s, f g) of a path over candidate indices, in route order."""
@@ -181,6 +217,7 @@ class ReservedSearch:
         tol = 1e-12
         # label arrays
         J, Pp, V, LA, WA, AA, BA, PAR, N, ROLE = [0], [-1], [0], [0.0], [0.0], [0.0], [0.0], [-1], [0], [""]
+        WF = [self.omega0]  # the largest wall-time floor of a label's peers: its plan's W is at least that
         buckets: dict[tuple[int, int], list[int]] = {}
         dead: set[int] = set()
         heap: list[tuple[float, float, int, int]] = [(-INF, 0.0, 0, 0)]
@@ -248,7 +285,7 @@ class ReservedSearch:
             jj = j + ns + 0 * q[:, None]
             qq = q[:, None] + 0 * ns
             lat_lb = lat + self.hL[jj, qq]
-            w_hat = np.maximum(W + self.hW[jj, qq], self.omega0)
+            w_hat = np.maximum(W + self.hW[jj, qq], np.maximum(WF[lab], self.wfloor[q])[:, None])
             f_lb = A * w_hat + B + self._G(w_hat, jj)
             if self.a_grid is not None:  # f >= A W + B + min(A ΔW + Ŵ ΔA + ΔB): the completion's time costs A
                 f_lb = np.maximum(f_lb, A * W + B + self._G2(A, w_hat, jj))
@@ -290,6 +327,7 @@ class ReservedSearch:
                 PAR.append(lab)
                 N.append(nc)
                 ROLE.append(role)
+                WF.append(max(WF[lab], float(self.wfloor[qc])))
                 child = len(J) - 1
                 lst.append(child)
                 heapq.heappush(heap, (float(prim[a, b_]), float(lat_lb[a, b_] if wc else f_lb[a, b_]), counter, child))
@@ -339,7 +377,18 @@ def peer_lower_bounds(engine, wl: float, wc: float, omega0: float) -> np.ndarray
     return lb
 
 
-def solve_reserved(engine, wl: float, wc: float, bl: float | None, bf: float | None, max_pops: int = RESERVED_POPS):
+def tie_candidates(engine, fastest) -> np.ndarray | None:
+    """Peers that can take part in a plan as fast as `fastest` (proven): those through which the relaxed
+    fastest plan (peers may repeat, a lower bound) is no slower, from the latency solve's relaxed filter,
+    and the plan's own peers. None when the latency solve kept no such filter."""
+    if not hasattr(engine, "_lat_through"):
+        return None
+    idx, through = engine._lat_through
+    return np.union1d(idx[through <= fastest.latency_s * (1 + 1e-9)], [p for p, _, _ in fastest.stages])
+
+
+def solve_reserved(engine, wl: float, wc: float, bl: float | None, bf: float | None, max_pops: int = RESERVED_POPS,
+                   only: np.ndarray | None = None):
     """The exact minimum (within the label budget) of wl x latency + wc x reserved carbon; see module doc."""
     from prismn.placement.optimal import Solution, _sub_hops, best_order
 
@@ -362,6 +411,8 @@ def solve_reserved(engine, wl: float, wc: float, bl: float | None, bf: float | N
         return None
     lbq = peer_lower_bounds(engine, wl, wc, omega0)
     alive = engine.usable[np.isfinite(lbq[engine.usable])]
+    if only is not None:  # the caller knows every plan that can meet the bounds uses only these peers
+        alive = np.intersect1d(alive, only)
     if bl is not None:
         alive = alive[lat_lbq[alive] <= bl * (1 + 1e-12)]
     order = alive[np.argsort(lbq[alive], kind="stable")]
@@ -383,7 +434,8 @@ def solve_reserved(engine, wl: float, wc: float, bl: float | None, bf: float | N
             plans.append([(int(pool[q]), n, r) for q, n, r in path])
     if wc and bl is None and bf is None and fastest is not None and fastest.proven:
         # the least carbon among the fastest plans (a small search: only peers that fast take part)
-        tied = solve_reserved(engine, 0.0, 1.0, fastest.latency_s * (1 + 1e-12), None, TIE_POPS)
+        tied = solve_reserved(engine, 0.0, 1.0, fastest.latency_s * (1 + 1e-12), None, TIE_POPS,
+                              tie_candidates(engine, fastest))
         if tied is not None:
             plans.append(tied.stages)
     if not plans and bf is None:
@@ -432,13 +484,30 @@ def solve_reserved(engine, wl: float, wc: float, bl: float | None, bf: float | N
     stats["candidates"] = len(cand)
     pos = {int(p): i for i, p in enumerate(cand)}
     inc = [(pos[p], n, r) for p, n, r in best] if best is not None else None
-    s = ReservedSearch(inst, cand, wl, wc, omega0, bl, bf)
-    if wc and best is not None:  # a plan costing <= best has A x omega0 <= f, so A <= best / (wc omega0)
-        s.weighted_tables(best_val / (wc * omega0) if omega0 > 0 else 0.0)
-    res = s.run(inc, max_pops)
+    interval_lower = -INF
+    if wc and not wl and bl is None and bf is None and inc is not None:
+        # least carbon: branch and bound over the wall time (intervals.py), each interval a linear problem
+        from prismn.placement.intervals import IntervalSearch
+
+        it = IntervalSearch(engine, cand, omega0, lat_lbq[cand])
+        path, val, proven, interval_lower = it.run(inc)
+        stats.update({"method": "wall-time intervals", "subsolves": it.subsolves, "interval_pops": it.pops,
+                      "interval_labels": it.labels})
+        if proven:
+            res = (path, val, True, val, 0)
+        else:
+            inc = path
+    if not (wc and not wl and bl is None and bf is None and inc is not None and proven):
+        s = ReservedSearch(inst, cand, wl, wc, omega0, bl, bf, lat_lbq[cand])
+        if wc and best is not None:  # a plan costing <= best has A x omega0 <= f, so A <= best / (wc omega0)
+            s.weighted_tables(best_val / (wc * omega0) if omega0 > 0 else 0.0)
+        res = s.run(inc, max_pops)
     if res is None:
         return None
     path, val, proven, lower, pops = res
+    lower = max(lower, interval_lower)
+    if not proven and lower >= val * (1 - 1e-12):
+        proven = True
     if val > dropped_lb * (1 + 1e-12):  # a peer left out might take part in a better plan
         proven, lower = False, min(lower, dropped_lb)
     stages = [(int(cand[q]), n, r) for q, n, r in path]

@@ -128,84 +128,6 @@ def _fill_bound(c: Costs, b: Bounds, capM: np.ndarray, used: np.ndarray, L: int)
     return out
 
 
-def relaxed_usage(c: Costs, caps: dict[str, np.ndarray], L: int, b: Bounds) -> np.ndarray:
-    """Layers per peer (summed over visits) on one optimal path of the relaxation `b`."""
-    m = len(c.R)
-    use = np.zeros(m)
-    if not math.isfinite(b.root):
-        return use
-    src, j = m, 0
-    first = True
-    while True:
-        best, choice = INF, None
-        end_role = "only" if first else "last"
-        ok = caps[end_role] >= L - j
-        if first:
-            ok = ok & np.ones(m, dtype=bool)
-        else:
-            ok = ok & (np.arange(m) != src)
-        v = np.where(ok, c.W[src, :m] + c.F[end_role] + (L - j) * c.R + c.W[:m, m], INF)
-        q = int(np.argmin(v))
-        if v[q] < best:
-            best, choice = float(v[q]), (q, L - j, True)
-        nmax = L - 1 - j
-        if nmax >= 1:
-            role = "first" if first else "middle"
-            ns = np.arange(1, nmax + 1)[:, None]
-            cand = np.where(ns <= caps[role][None, :], ns * c.R[None, :] + b.dp[j + 1:j + 1 + nmax, :], INF)
-            if not first:
-                cand[:, src] = INF
-            tot = c.W[src, :m][None, :] + c.F[role][None, :] + cand
-            k = int(np.argmin(tot))
-            n_i, q = divmod(k, m)
-            if tot[n_i, q] < best:
-                best, choice = float(tot[n_i, q]), (q, n_i + 1, False)
-        if choice is None or not math.isfinite(best):
-            return use
-        q, n, done = choice
-        use[q] += n
-        if done:
-            return use
-        src, j, first = q, j + n, False
-
-
-def lagrangian(c: Costs, caps: dict[str, np.ndarray], L: int, ub: float, iters: int = 30):
-    """Multipliers mu >= 0 on 'layers on peer p <= cap_M(p)' that tighten the relaxation.
-
-    For any mu >= 0 and any set V of peers already used, an elementary completion costs at least
-    dp_mu(j, p) - sum_{q not in V} mu_q * cap_M(q) (each unused peer holds at most cap_M layers).
-    Returns (mu, Bounds of the penalised costs); mu = 0 when the plain relaxation is already tight.
-    """
-    m = len(c.R)
-    capM = np.maximum(caps["middle"], 0).astype(float)
-    mu = np.zeros(m)
-    best_mu, best_b, best_lb = mu.copy(), None, -INF
-    theta, stall = 1.0, 0
-    for _ in range(iters):
-        cm = Costs(c.R + mu, c.F, c.W)
-        b = relaxed_bounds(cm, caps, L)
-        if not math.isfinite(b.root):
-            break
-        lb = b.root - float(mu @ capM)
-        if lb > best_lb + 1e-15 * abs(lb):
-            best_mu, best_b, best_lb, stall = mu.copy(), b, lb, 0
-        else:
-            stall += 1
-            if stall >= 3:
-                theta *= 0.5
-                stall = 0
-        use = relaxed_usage(cm, caps, L, b)
-        g = use - capM
-        g = np.where((mu > 0) | (g > 0), g, 0.0)
-        if not (g > 0).any() and float(mu @ (capM - use)) <= 1e-12 * max(abs(lb), 1e-300):
-            break  # the relaxed path is feasible for the capacities and complementary: no gap left
-        gap = (ub - lb) if math.isfinite(ub) else max(abs(lb), 1e-9) * 0.1
-        if gap <= 1e-12 * max(abs(ub), 1e-300):
-            break
-        mu = np.maximum(0.0, mu + theta * gap / float(g @ g) * g)
-    return best_mu, best_b
-
-
 def _unpack(v: int, m: int) -> np.ndarray:
     """Bitmask of used candidates -> bool array of length m."""
     if not v:
@@ -230,7 +152,8 @@ class Search:
     """Lexicographic (P, S) minimum over elementary plans, with optional S <= bound."""
 
     def __init__(self, P: Costs, S: Costs, caps: dict[str, np.ndarray], L: int,
-                 bound_S: float | None = None, tie_rel: float = 1e-12, tables_P=None, tables_S=None):
+                 bound_S: float | None = None, tie_rel: float = 1e-12, tables_P=None, tables_S=None,
+                 amortise: bool = False):
         self.P, self.S, self.caps, self.L = P, S, caps, L
         self.m = len(P.R)
         self.bound = INF if bound_S is None else bound_S * (1 + 1e-12)
@@ -240,25 +163,21 @@ class Search:
         self.ns = np.arange(1, L + 1)
         self.tP, self.tS = tables_P, tables_S  # DSSR tables (h[S, j, p], bit): elementary on theta
         self.lagr = None  # (lam, DSSR tables of P + lam * S): a bound for S-bounded problems
-        self.capM = np.maximum(caps["middle"], 0).astype(float)
-        self.mu = np.zeros(self.m)
-        self.dp_mu = None
-        self.mu_total = 0.0
-
-    def tighten(self, ub: float, iters: int = 30) -> None:
-        """Lagrangian multipliers for the primary bound (see `lagrangian`)."""
-        mu, b = lagrangian(self.P, self.caps, self.L, ub, iters)
-        if b is not None and mu.any():
-            self.mu, self.dp_mu = mu, b.dp
-            self.mu_cap = mu * self.capM
-            self.mu_total = float(self.mu_cap.sum())
-            self.root_mu = b.root - self.mu_total
+        self.amortised = None
+        self.gave_up = False  # run() stopped at its budget
+        self.n_labels = 0  # labels the last run() created
+        if amortise:  # a stage of n <= cap layers pays F + n R >= n (R + F_min / cap): P's fill per layer
+            capx = np.maximum(caps["middle"], caps["last"])
+            fmin = np.minimum(np.where(caps["middle"] >= 1, P.F["middle"], INF),
+                              np.where(caps["last"] >= 1, P.F["last"], INF))
+            rate = np.where(capx >= 1, P.R + fmin / np.maximum(capx, 1), INF)
+            self.amortised = (Costs(rate, P.F, P.W), Bounds(None, 0.0, np.argsort(rate, kind="stable"), 0.0), capx)
 
     def _q(self, x: float) -> float:
         return math.floor(x / self.quantum)
 
     # -------------------------------------------------------------------------------------------
-    def _children(self, j: int, p: int, used: np.ndarray, gP: float, gS: float, pen: float = 0.0):
+    def _children(self, j: int, p: int, used: np.ndarray, gP: float, gS: float):
         """Vectorised successors: (q, n, role, gP', gS', fP', fS', complete) for the label."""
         L, m, caps = self.L, self.m, self.caps
         P, S = self.P, self.S
@@ -292,9 +211,9 @@ class Search:
                 gs = baseS[:, None] + ns * S.R[q][:, None]
                 rest = L - j - ns  # layers still to place after this stage (>= 1)
                 hP = np.maximum(self.bP.dp[j + ns, q[:, None]], fillP[rest] + self.bP.fixed_last_min)
-                if self.dp_mu is not None:
-                    left = self.mu_total - pen - self.mu_cap[q]  # mu * cap of peers still unused
-                    hP = np.maximum(hP, self.dp_mu[j + ns, q[:, None]] - left[:, None])
+                if self.amortised is not None:  # the rest on unused peers, each stage's F amortised
+                    ca, ba, capx = self.amortised
+                    hP = np.maximum(hP, _fill_bound(ca, ba, capx, used, L)[rest])
                 hS = np.maximum(self.bS.dp[j + ns, q[:, None]], fillS[rest] + self.bS.fixed_last_min)
                 tabs = [(self.tP, "P"), (self.tS, "S")]
                 if self.lagr is not None and math.isfinite(self.bound):
@@ -325,8 +244,8 @@ class Search:
 
     # -------------------------------------------------------------------------------------------
     def run(self, incumbent: list[tuple[int, int, str]] | None = None, max_pops: int = 200_000,
-            tighten: bool = True) -> Result | None:
-        """Best-first search; the budget is in labels expanded (deterministic, never wall-clock)."""
+            max_labels: int | None = None) -> Result | None:
+        """Best-first search; the budget is in labels expanded and created (deterministic, never wall-clock)."""
         t0 = time.perf_counter()
         L, m = self.L, self.m
         if not math.isfinite(self.bP.root) or self.bS.root > self.bound:
@@ -381,10 +300,7 @@ class Search:
                 heapq.heappush(heap, (best_key[0], gs, 0, counter, lab))
                 counter += 1
 
-        if tighten:
-            self.tighten(GP[-1] if best_key is not None else INF)
-        root = max(self.bP.root, self.root_mu) if self.dp_mu is not None else self.bP.root
-        heapq.heappush(heap, (self._q(root), self.bS.root, 0, counter, 0))
+        heapq.heappush(heap, (self._q(self.bP.root), self.bS.root, 0, counter, 0))
         counter += 1
         pops = 0
         while heap:
@@ -392,15 +308,15 @@ class Search:
             if lab in dead:
                 continue
             if DONE[lab]:
+                self.n_labels = len(J)
                 return Result(self._path(lab, J, Pp, PAR, N, ROLE), GP[lab], GS[lab], True, pops, GP[lab],
                               stats={"labels": len(J), "seconds": time.perf_counter() - t0})
             pops += 1
-            if pops > max_pops:
+            if pops > max_pops or (max_labels is not None and len(J) > max_labels):
                 return self._give_up(heap, best_key, J, Pp, PAR, N, ROLE, DONE, GP, GS, pops, t0)
             j, p, v = J[lab], Pp[lab], V[lab]
             used_mask = _unpack(v, m)
-            pen = float(self.mu_cap[used_mask].sum()) if self.dp_mu is not None else 0.0
-            for q, n, role, gp, gs, fp, fs, complete in self._children(j, p, used_mask, GP[lab], GS[lab], pen):
+            for q, n, role, gp, gs, fp, fs, complete in self._children(j, p, used_mask, GP[lab], GS[lab]):
                 kp = np.floor(fp / self.quantum)
                 keep = fs <= self.bound
                 if best_key is not None:
@@ -439,6 +355,7 @@ class Search:
                         best_key = key
                     heapq.heappush(heap, (key[0], key[1], -jj, counter, child))
                     counter += 1
+        self.n_labels = len(J)
         if best_key is None:
             return None
         raise AssertionError("the queue emptied with an incumbent that was never popped")
@@ -451,6 +368,8 @@ class Search:
         return out[::-1]
 
     def _give_up(self, heap, best_key, J, Pp, PAR, N, ROLE, DONE, GP, GS, pops, t0) -> Result | None:
+        self.gave_up = True
+        self.n_labels = len(J)
         lb = min((k[0] for k in heap), default=INF) * self.quantum
         done = [lab for *_, lab in heap if DONE[lab]]
         if not done:

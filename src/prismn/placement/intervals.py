@@ -1,0 +1,205 @@
+"""Exact least reserved carbon by branch and bound over the wall time (see reserved.py for f).
+
+f(P) = A(P) x W(P) + B(P) is a product, but for a fixed wall-time budget w it is bounded by a LINEAR
+objective: every plan P with W(P) <= w has f(P) <= w x A(P) + B(P). So with
+
+    g(w) = min over plans P with W(P) <= w of  w x A(P) + B(P)
+
+f* = min over w of g(w): g(w) >= f(its argmin) >= f*, and g(W(P*)) <= f(P*). On an interval [ta, tb]
+of w, g(w) >= LB(ta, tb) = min over plans with W <= tb of sum_i alpha_i x max(ta, floor_i) + B, where
+floor_i <= the wall time of every plan that uses peer i (w >= W(P) >= floor_i for each of P's peers).
+LB(ta, tb) is linear in the plan and order-free except for the constraint W <= tb:
+
+  * the order-free knapsack (knapsack.py) over peers with floor_i <= tb gives it exactly whenever its
+    set, in its fastest order, meets W <= tb (the relaxation's optimum is feasible);
+  * otherwise the best-first search of search.py with W <= tb as its bounded metric gives it exactly.
+
+The argmin plan P (W(P) = w, ta < w <= tb) is an incumbent; the interval splits into [ta, w) and
+[w, tb], and on [w, tb] the bound at ta = w is f(P) itself when P is again the argmin: the interval
+closes. Intervals are taken best bound first and dropped once their bound reaches the incumbent; the
+first time the least open bound does, the incumbent is proven optimal. Budgets are counted in sub-solves
+and search labels (deterministic, never wall-clock).
+"""
+
+from __future__ import annotations
+
+import heapq
+
+import numpy as np
+
+from prismn.placement.instance import ROLES
+from prismn.placement.knapsack import solve_order_free
+from prismn.placement.search import INF, Costs, Search, dssr, relaxed_bounds, through_bounds
+
+MAX_SUBSOLVES = 400  # intervals one solve may bound (deterministic budget)
+SUB_POPS = 3_000  # labels of one W-bounded search (when the knapsack's set is too slow for its interval)
+SUB_LABELS = 20_000  # labels one such search may create (deep plans: thousands of children per label)
+TOTAL_LABELS = 100_000  # labels created by all those searches together
+SUB_MAX_STAGES = 12  # a knapsack set with more stages than this is not searched (deep: thousands of
+#                      children per label); its interval is halved instead, or left open when narrow
+SUB_THETA = 4  # elementary peers of the DSSR tables that bound that search
+REL = 1e-12
+SPLIT_MIN = 1e-3  # intervals narrower than this (relative) are split at the argmin's wall time only
+
+
+class IntervalSearch:
+    """min f over plans on candidates `idx` (peer indices), given an incumbent; see module doc."""
+
+    def __init__(self, engine, idx: np.ndarray, omega0: float, floor: np.ndarray):
+        inst = self.inst = engine.inst
+        self.engine = engine
+        self.idx, self.L = idx, inst.L
+        m = self.m = len(idx)
+        self.caps = {r: inst.caps[r][idx] for r in ROLES}
+        self.HW = inst.hop_time_matrix(idx, inst.batch)
+        self.Rw, self.Fw = inst.wall.per_layer[idx], {r: inst.wall.fixed[r][idx] for r in ROLES}
+        self.Rb, self.Fb = inst.reserved.per_layer[idx], {r: inst.reserved.fixed[r][idx] for r in ROLES}
+        self.alpha = inst.alpha[idx]
+        self.omega0 = omega0
+        wall = Costs(self.Rw, self.Fw, self.HW)
+        self.wall_costs = wall
+        floor = np.maximum(floor, omega0)
+        if m:  # the relaxed fastest plan through each peer (peers may repeat): no plan using it is faster
+            thr = through_bounds(wall, self.caps, self.L, relaxed_bounds(wall, self.caps, self.L))
+            floor = np.maximum(floor, np.where(np.isfinite(thr), thr, INF))
+        self.floor = floor
+        self.zero = np.zeros((m + 1, m + 1))
+        np.fill_diagonal(self.zero, INF)
+        self.subsolves = 0
+        self.pops = 0
+        self.labels = 0
+
+    # ---- plans -------------------------------------------------------------------------------------
+    def evaluate(self, path: list[tuple[int, int, str]]) -> tuple[float, float, float, float]:
+        """(W, A, B, f) of a path over local indices, in route order."""
+        m = self.m
+        src, W, A, B = m, 0.0, 0.0, 0.0
+        for q, n, r in path:
+            W += self.HW[src, q] + self.Fw[r][q] + n * self.Rw[q]
+            A += self.alpha[q]
+            B += self.Fb[r][q] + n * self.Rb[q]
+            src = q
+        W += self.HW[src, m]
+        return W, A, B, A * W + B
+
+    def fastest_order(self, path: list[tuple[int, int, str]]) -> list[tuple[int, int, str]]:
+        from prismn.placement.optimal import _sub_hops, best_order
+
+        return [path[i] for i in best_order(_sub_hops(self.HW, path), len(path))]
+
+    # ---- one interval ------------------------------------------------------------------------------
+    def bound(self, ta: float, tb: float, ub: float):
+        """LB(ta, tb) (see module doc) and a plan attaining it: (value, path, exact). value >= ub means
+        nothing in the interval beats ub (path may be None); exact False: a valid bound only."""
+        self.subsolves += 1
+        sub = np.nonzero(self.floor <= tb * (1 + REL))[0]
+        if not len(sub):
+            return INF, None, True
+        res = self.alpha[sub] * np.maximum(ta, self.floor[sub])
+        F = {r: res + self.Fb[r][sub] for r in ROLES}
+        R = self.Rb[sub]
+        caps = {r: self.caps[r][sub] for r in ROLES}
+        keep = self._filter(R, F, caps, ub)
+        if not len(keep):
+            return INF, None, True
+        sub = sub[keep]
+        R, F, caps = R[keep], {r: F[r][keep] for r in ROLES}, {r: caps[r][keep] for r in ROLES}
+        path, value = solve_order_free(R, F, caps, self.L)
+        if path is None or value >= ub * (1 - REL):
+            return value, None, True
+        path = self.fastest_order([(int(sub[q]), n, r) for q, n, r in path])
+        if self.evaluate(path)[0] <= tb * (1 + REL):
+            return value, path, True
+        if len(path) > SUB_MAX_STAGES:  # deep: the W-bounded search would not finish; a bound only
+            return value, path, False
+        # the knapsack's set is too slow for the interval: the W-bounded search, exact
+        m = len(sub)
+        Wz = self.zero[:m + 1, :m + 1]
+        P = Costs(R, F, Wz)
+        wall_idx = np.append(sub, self.m)
+        S = Costs(self.Rw[sub], {r: self.Fw[r][sub] for r in ROLES}, self.HW[np.ix_(wall_idx, wall_idx)])
+        _, _, info_p = dssr(P, caps, self.L, SUB_THETA)
+        _, vs, info_s = dssr(S, caps, self.L, SUB_THETA)
+        if vs > tb * (1 + REL):
+            return INF, None, True
+        s = Search(P, S, caps, self.L, tb, tables_P=info_p.pop("tables", None), tables_S=info_s.pop("tables", None),
+                   amortise=True)
+        out = s.run(None, max_pops=SUB_POPS, max_labels=SUB_LABELS)
+        self.labels += s.n_labels
+        if out is None:
+            if s.gave_up:  # budget hit before any plan within the bound: only the knapsack's bound holds
+                return value, None, False
+            return INF, None, True
+        self.pops += out.pops
+        path = [(int(sub[q]), n, r) for q, n, r in out.stages]
+        return (out.P if out.proven else max(value, out.lower_bound)), path, out.proven
+
+    def _filter(self, R, F, caps, ub: float) -> np.ndarray:
+        """Peers that may be in a set costing < ub: own stage + the cheapest amortised fill of the rest."""
+        L = self.L
+        capx = np.maximum.reduce([caps[r] for r in ROLES])
+        ok = capx >= 1
+        cap1 = np.maximum(np.minimum(capx, L), 1)
+        fmin = np.minimum.reduce([np.where(caps[r] >= 1, F[r], INF) for r in ROLES])
+        rate = np.where(ok, R + fmin / cap1, INF)
+        order = np.argsort(rate, kind="stable")
+        per_layer = np.repeat(rate[order], np.where(ok[order], cap1[order], 0))[:L]
+        N = np.full(L + 1, INF)
+        N[0] = 0.0
+        N[1:len(per_layer) + 1] = np.cumsum(per_layer)
+        lb = np.full(len(R), INF)
+        only = np.where(caps["only"] >= L, F["only"] + L * R, INF)
+        for n in range(1, L):
+            lb = np.where(capx >= n, np.minimum(lb, fmin + n * R + N[L - n]), lb)
+        lb = np.minimum(lb, only)
+        return np.nonzero(lb < ub * (1 + 1e-9))[0]
+
+    # ---- the branch and bound ----------------------------------------------------------------------
+    def run(self, incumbent: list[tuple[int, int, str]], max_subsolves: int = MAX_SUBSOLVES):
+        """incumbent: a plan over local indices. Returns (path, f, proven, lower bound)."""
+        best = list(incumbent)
+        U = self.evaluate(best)[3]
+        a_min = float(self.alpha.min())
+        tmax = U / a_min if a_min > 0 else INF  # f < U needs A W < U, A >= a_min
+        heap: list[tuple[float, float, float]] = [(-INF, self.omega0, tmax)]
+        stuck = INF  # the least bound of an interval whose search hit its budget (left open)
+        while heap:
+            lb, ta, tb = heap[0]
+            if min(lb, stuck) >= U * (1 - REL):
+                return best, U, True, U
+            if lb >= U * (1 - REL):  # only stuck intervals below the incumbent remain
+                break
+            if self.subsolves >= max_subsolves or self.labels >= TOTAL_LABELS:
+                return best, U, False, min(lb, stuck)
+            heapq.heappop(heap)
+            value, path, exact = self.bound(ta, tb, U)
+            if path is not None:
+                w, _, _, f = self.evaluate(path)
+                if f < U:
+                    best, U = path, f
+            if value >= U * (1 - REL):
+                continue
+            if not exact:  # the search hit its budget: halve the interval (both halves bound tighter)
+                mid = 0.5 * (ta + tb)
+                if mid - ta > SPLIT_MIN * ta:
+                    heapq.heappush(heap, (value, mid, tb))
+                    heapq.heappush(heap, (value, ta, mid))
+                else:
+                    stuck = min(stuck, value)
+                continue
+            # path attains the bound and meets W <= tb; W(path) > ta (else f(path) <= value < U)
+            # split at the plan's wall time (the part above closes when the plan is again the argmin) and
+            # at the middle of what lies below it (the bound at ta is loose by (W - ta) x A for slow plans)
+            w = min(w, tb)
+            if w > ta:
+                heapq.heappush(heap, (value, w, tb))
+            lo_tb = w * (1 - REL)
+            mid = 0.5 * (ta + lo_tb)
+            if lo_tb > ta and mid - ta > SPLIT_MIN * ta:
+                heapq.heappush(heap, (value, mid, lo_tb))
+                heapq.heappush(heap, (value, ta, mid))
+            elif lo_tb > ta:
+                heapq.heappush(heap, (value, ta, lo_tb))
+        if stuck >= U * (1 - REL):
+            return best, U, True, U
+        return best, U, False, stuck
