@@ -9,7 +9,7 @@ from prismn.model import load_model_spec
 from prismn.placement import CostOptions, Plan, Stage, evaluate_plan
 from prismn.placement.costmodel import CostModel
 from prismn.placement.instance import Instance
-from prismn.placement.kernel import PeerCosts, hop_bytes, hop_seconds, weighted_intensity
+from prismn.placement.kernel import hop_bytes, hop_seconds, weighted_intensity
 from prismn.swarm import Swarm
 
 SPEC = load_model_spec("meta-llama/Llama-3.1-8B", "bf16")
@@ -104,14 +104,6 @@ def test_receipt_prices_measured_seconds_and_the_reserved_hold(swarm_factory):
     assert res["gco2e_embodied"] == pytest.approx(emb)
     assert res["gco2e_per_token"] == pytest.approx((op + emb) / 4 + plan["metrics"]["gco2e_network_per_token"])
     assert res["predicted_gco2e_per_token"] == plan["metrics"]["gco2e_total_per_token_at_load"]
-
-
-def test_peer_costs_take_keeps_rows(swarm_factory):
-    sw = three_peers(swarm_factory)
-    pc = PeerCosts.of(CostModel(SPEC), sw.peers)
-    sub = pc.take(np.array([2, 0]))
-    assert sub.intensity.tolist() == [30.0, 100.0]
-    assert sub.layer_s[1] == pc.layer_s[0]
 
 
 def test_measured_board_power_wins_over_the_datasheet(swarm_factory):

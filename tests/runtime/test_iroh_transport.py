@@ -5,6 +5,7 @@ and the binding's byte-path fix (checked shape, byte-exact against the original)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import statistics
 import time
@@ -134,7 +135,9 @@ def test_addresses_and_factory():
 
 
 # ------------------------------------------------------------------------------------ loopback
+@contextlib.asynccontextmanager
 async def _pair(server_limits: Limits = Limits(), handler=None):
+    """A listening and a dialling endpoint that know each other, closed on the way out."""
     sid, cid = Identity.generate(), Identity.generate()
     srv = IrohTransport(sid, relay=False, limits=server_limits)
     cli = IrohTransport(cid, relay=False)
@@ -150,14 +153,18 @@ async def _pair(server_limits: Limits = Limits(), handler=None):
             seen["errors"].append(str(e))
 
     lst = await srv.listen("127.0.0.1", 0, handler or echo)
-    cli.learn_info(srv.endpoint_info())
-    return srv, cli, lst, sid, cid, seen
+    try:
+        cli.learn_info(srv.endpoint_info())
+        yield srv, cli, lst, sid, cid, seen
+    finally:
+        await lst.close()
+        await cli.close()
+        await srv.close()
 
 
 def test_frames_of_many_sizes_arrive_byte_exact_and_keys_are_authenticated():
     async def go():
-        srv, cli, lst, sid, cid, seen = await _pair()
-        try:
+        async with _pair() as (srv, cli, lst, sid, cid, seen):
             c = await cli.connect(lst.address)  # by id alone: the book knows the address
             assert c.remote_key == sid.public  # the dialled endpoint proved its key
             for n in SIZES:
@@ -176,10 +183,6 @@ def test_frames_of_many_sizes_arrive_byte_exact_and_keys_are_authenticated():
             assert info["rtt_ms"] is not None and info["rtt_ms"] >= 0
             await c.close()
             assert c.closed
-        finally:
-            await lst.close()
-            await cli.close()
-            await srv.close()
 
     asyncio.run(go())
 
@@ -224,8 +227,7 @@ def test_unknown_id_and_unreachable_peer_are_clear_errors():
 
 def test_oversized_and_garbage_frames_are_refused_before_allocation():
     async def go():
-        srv, cli, lst, _, _, seen = await _pair(Limits(max_payload=1024))
-        try:
+        async with _pair(Limits(max_payload=1024)) as (srv, cli, lst, _, _, seen):
             c = await cli.connect(lst.address)
             await c.send({"kind": "ok"}, b"x" * 1024)
             assert (await c.recv()).payload == b"x" * 1024
@@ -236,10 +238,6 @@ def test_oversized_and_garbage_frames_are_refused_before_allocation():
             await c2._send.write_all(b"GET / HTTP/1.1\r\n\r\n")  # not a Prismn frame
             assert await asyncio.wait_for(c2.recv(), 10) is None
             assert "bad magic" in seen["errors"][1]
-        finally:
-            await lst.close()
-            await cli.close()
-            await srv.close()
 
     asyncio.run(go())
 
@@ -255,8 +253,7 @@ def test_emulated_delay_is_real_and_ordered_over_iroh():
                 if len(got) == 10:
                     done.set()
 
-        srv, cli, lst, *_ = await _pair(handler=sink)
-        try:
+        async with _pair(handler=sink) as (srv, cli, lst, *_):
             c = await cli.connect(lst.address)
             c.set_delay(0.025)
             t0 = time.perf_counter()
@@ -270,10 +267,6 @@ def test_emulated_delay_is_real_and_ordered_over_iroh():
             lat = [g[0] - s for g, s in zip(got, sent, strict=True)]
             assert min(lat) >= 0.025 and statistics.median(lat) < 0.025 + 0.008, lat
             await c.close()
-        finally:
-            await lst.close()
-            await cli.close()
-            await srv.close()
 
     asyncio.run(go())
 
@@ -342,8 +335,7 @@ def test_a_listener_restarted_on_a_new_port_is_redialled_once_the_book_learns_it
 
 def test_an_unknown_id_is_resolved_through_the_resolver():
     async def go():
-        srv, cli, lst, sid, _, _ = await _pair()
-        try:
+        async with _pair() as (srv, cli, lst, sid, _, _):
             cli.forget(sid.public)
 
             async def coordinator(eid):
@@ -355,10 +347,6 @@ def test_an_unknown_id_is_resolved_through_the_resolver():
             await c.send({"kind": "x"}, b"hi")
             assert (await c.recv()).payload == b"hi"
             await c.close()
-        finally:
-            await lst.close()
-            await cli.close()
-            await srv.close()
 
     asyncio.run(go())
 

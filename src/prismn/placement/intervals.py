@@ -29,7 +29,7 @@ import numpy as np
 
 from prismn.placement.instance import ROLES
 from prismn.placement.knapsack import solve_order_free
-from prismn.placement.search import INF, Costs, Search, dssr, relaxed_bounds, through_bounds
+from prismn.placement.search import INF, Costs, Search, cheapest_fill, dssr, relaxed_bounds, through_bounds
 
 MAX_SUBSOLVES = 400  # intervals one solve may bound (deterministic budget)
 SUB_POPS = 3_000  # labels of one W-bounded search (when the knapsack's set is too slow for its interval)
@@ -142,11 +142,7 @@ class IntervalSearch:
         cap1 = np.maximum(np.minimum(capx, L), 1)
         fmin = np.minimum.reduce([np.where(caps[r] >= 1, F[r], INF) for r in ROLES])
         rate = np.where(ok, R + fmin / cap1, INF)
-        order = np.argsort(rate, kind="stable")
-        per_layer = np.repeat(rate[order], np.where(ok[order], cap1[order], 0))[:L]
-        N = np.full(L + 1, INF)
-        N[0] = 0.0
-        N[1:len(per_layer) + 1] = np.cumsum(per_layer)
+        N = cheapest_fill(rate, np.where(ok, cap1, 0), L)
         lb = np.full(len(R), INF)
         only = np.where(caps["only"] >= L, F["only"] + L * R, INF)
         for n in range(1, L):

@@ -27,10 +27,6 @@ ROLES = ("only", "first", "middle", "last")  # only = one stage holds embedding,
 ROLE_PARTS = {"only": (True, True), "first": (True, False), "middle": (False, False), "last": (False, True)}
 
 
-def role_of(embedding: bool, head: bool) -> str:
-    return {v: k for k, v in ROLE_PARTS.items()}[(bool(embedding), bool(head))]
-
-
 # ---- energy and carbon -------------------------------------------------------------------------
 def grams(joules, g_per_kwh):
     """gCO2e of some joules at an intensity in g/kWh."""
@@ -106,7 +102,8 @@ class PeerCosts:
         measured = np.zeros(n, dtype=bool)
         by_gpu: dict[str, tuple] = {}
         for i, p in enumerate(peers):
-            measured[i] = cm._measured(p) is not None
+            m = cm._measured(p)
+            measured[i] = m is not None
             row = None if measured[i] else by_gpu.get(p.gpu.name)
             if row is None:
                 row = (cm.layer_time_s(p), cm.head_time_s(p), cm.embed_time_s(p), cm.stage_fixed_s(p),
@@ -115,13 +112,10 @@ class PeerCosts:
                     by_gpu[p.gpu.name] = row
             (cols["layer_s"][i], cols["head_s"][i], cols["embed_s"][i], cols["fixed_s"][i],
              cols["prefill_layer_s"][i], cols["layer_factor"][i], cols["head_factor"][i]) = row
-            cols["active_w"][i], cols["idle_w"][i] = cm.peer_power_w(p)
+            cols["active_w"][i], cols["idle_w"][i] = CostModel.power_w(p, m), CostModel.idle_power_w(p, m)
             cols["embodied_g_per_s"][i] = CostModel.embodied_g_per_s(p)
         return cls(**cols, intensity=np.array([p.intensity.g_per_kwh for p in peers], dtype=float),
                    bandwidth_mbps=np.array([p.bandwidth_mbps for p in peers], dtype=float), measured=measured)
-
-    def take(self, idx) -> PeerCosts:
-        return PeerCosts(**{k: v[idx] for k, v in self.__dict__.items()})
 
     # ---- stages ------------------------------------------------------------------------------
     def stage_s(self, n_layers, embedding, head, at_load: bool = False):

@@ -43,7 +43,16 @@ from prismn.placement.costmodel import CostOptions
 from prismn.placement.instance import CARBON_SCOPES, ROLES, Instance
 from prismn.placement.knapsack import solve_order_free
 from prismn.placement.plan import Plan, Stage
-from prismn.placement.search import INF, Costs, Result, Search, dssr, relaxed_bounds, through_bounds
+from prismn.placement.search import (
+    INF,
+    Costs,
+    Result,
+    Search,
+    cheapest_fill,
+    dssr,
+    relaxed_bounds,
+    through_bounds,
+)
 from prismn.swarm import Swarm
 
 OBJECTIVES = ("latency", "carbon", "balanced")
@@ -159,12 +168,7 @@ class Engine:
             return lb
         R, F = self._arrays(wl, wc, u)
         capM = inst.caps["middle"][u]
-        order = np.argsort(R, kind="stable")
-        take = int(np.searchsorted(np.cumsum(np.minimum(capM[order], L)), L)) + 1
-        per_layer = np.repeat(R[order[:take]], np.minimum(capM[order[:take]], L))[:L]
-        N = np.full(L + 1, INF)
-        N[0] = 0.0
-        N[1:len(per_layer) + 1] = np.cumsum(per_layer)
+        N = cheapest_fill(R, capM, L)
         fe = F["first"][inst.caps["first"][u] >= 1]
         fh = F["last"][inst.caps["last"][u] >= 1]
         fe_min = float(fe.min()) if len(fe) else INF

@@ -41,7 +41,7 @@ import numpy as np
 
 from prismn.placement.instance import ROLES
 from prismn.placement.knapsack import solve_order_free
-from prismn.placement.search import INF, Costs, relaxed_bounds, through_bounds
+from prismn.placement.search import INF, Costs, cheapest_fill, relaxed_bounds, through_bounds
 
 FASTEST_POPS, FASTEST_CELLS = 3_000, 2e8  # budget of the fastest-plan solve that gives the wall-time floor
 MAX_CANDIDATES = 1_200  # peers the search itself takes (best lower bounds first); beyond: not proven
@@ -138,12 +138,7 @@ class ReservedSearch:
             for iw, om in enumerate(self.omegas):
                 for tab, res in ((T, om * self.alpha), (Tf, self._res(om))):
                     rate = a * self.Rw + self.Rb + (res + a * (self.Fw["middle"] + hin) + self.Fb["middle"]) / capM
-                    order = np.argsort(rate, kind="stable")
-                    cnt = np.minimum(self.caps["middle"][order], L)
-                    per_layer = np.repeat(rate[order], np.maximum(cnt, 0))[:L]
-                    fill = np.full(L + 1, INF)
-                    fill[0] = 0.0
-                    fill[1:len(per_layer) + 1] = np.cumsum(per_layer)
+                    fill = cheapest_fill(rate, self.caps["middle"], L)
                     js = np.arange(L + 1)
                     tab[ia, iw] = fill[L - js] + a * to_client + last_extra
                     if not self.floors:
@@ -357,11 +352,7 @@ def peer_lower_bounds(engine, wl: float, wc: float, omega0: float) -> np.ndarray
     fills = np.full((len(grid), L + 1), INF)
     for k, om in enumerate(grid):
         Ra = R + wc * om * alpha / np.maximum(capM, 1)
-        order = np.argsort(Ra, kind="stable")
-        take = int(np.searchsorted(np.cumsum(np.minimum(capM[order], L)), L)) + 1
-        per_layer = np.repeat(Ra[order[:take]], np.minimum(capM[order[:take]], L))[:L]
-        fills[k, 0] = 0.0
-        fills[k, 1:len(per_layer) + 1] = np.cumsum(per_layer)
+        fills[k] = cheapest_fill(Ra, capM, L)
     fe = F["first"][inst.caps["first"][u] >= 1]
     fh = F["last"][inst.caps["last"][u] >= 1]
     fe_min = float(fe.min()) if len(fe) else INF

@@ -53,6 +53,19 @@ class Bounds:
     fixed_last_min: float  # the least F_last any peer pays
 
 
+def cheapest_fill(rate: np.ndarray, cap: np.ndarray, L: int) -> np.ndarray:
+    """N[k] = the least sum of k per-layer rates when each peer gives at most cap of its layers (peers split
+    freely: a relaxation, a lower bound); N[0] = 0, INF beyond the peers' total capacity."""
+    cap = np.clip(cap, 0, L)
+    order = np.argsort(rate, kind="stable")
+    take = int(np.searchsorted(np.cumsum(cap[order]), L)) + 1  # the cheapest peers that hold L layers
+    per_layer = np.repeat(rate[order[:take]], cap[order[:take]])[:L]
+    N = np.full(L + 1, INF)
+    N[0] = 0.0
+    N[1:len(per_layer) + 1] = np.cumsum(per_layer)
+    return N
+
+
 def relaxed_bounds(c: Costs, caps: dict[str, np.ndarray], L: int) -> Bounds:
     """Backward DP of the relaxation (peers may repeat, never twice in a row). O(L*m^2 + L^2*m)."""
     m = len(c.R)
