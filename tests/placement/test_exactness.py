@@ -114,3 +114,30 @@ def test_balanced_matches_milp(seed, n, weight):
 
     assert value(ev) == pytest.approx(value(ev_ref), rel=REL)
     assert ours.notes["objective_value"] == pytest.approx(value(ev), rel=1e-9)
+
+
+@pytest.mark.parametrize("k", [4, 8, 11, 12, 30])
+def test_best_order_is_exact_for_short_plans_and_2opt_optimal_for_long_ones(k):
+    """best_order keeps the first and last stage, is exact (Held-Karp) up to 9 middle stages, and beyond
+    that no single reversal of a middle segment shortens its order (a 2-opt local optimum), on asymmetric
+    hop matrices too."""
+    import itertools
+
+    import numpy as np
+
+    from prismn.placement.optimal import best_order
+
+    rng = np.random.default_rng(k)
+    W = rng.random((k + 1, k + 1))
+
+    def length(o):
+        return sum(W[a, b] for a, b in zip(o, o[1:], strict=False))
+
+    o = best_order(W, k)
+    assert sorted(o) == list(range(k)) and o[0] == 0 and o[-1] == k - 1
+    if k - 2 <= 9 and k <= 8:
+        best = min(length([0, *p, k - 1]) for p in itertools.permutations(range(1, k - 1)))
+        assert length(o) == pytest.approx(best, rel=1e-12)
+    for i in range(1, k - 2):
+        for j in range(i + 1, k - 1):
+            assert length(o[:i] + o[i:j + 1][::-1] + o[j + 1:]) >= length(o) - 1e-12

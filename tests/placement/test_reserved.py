@@ -115,3 +115,49 @@ def test_wall_time_intervals_prove_alone_and_match_milp(seed, n):
     s = ev.plan.notes["search"]
     assert s["method"] == "wall-time intervals" and s["pops"] == 0
     assert s["interval_pops"] > 0  # an interval's knapsack set was too slow: the exact bounded search ran
+
+
+def test_a_budget_that_ends_before_any_plan_is_not_reported_as_infeasible():
+    """The reserved search stops at its label budget with no plan found: that proves nothing, so it says it
+    gave up; the same bound searched to the end with no plan is a proof (gave_up stays False)."""
+    from prismn.placement.optimal import Engine
+    from prismn.placement.reserved import ReservedSearch
+
+    sw = random_swarm(560, 8, vram=(0.3, 1.2))
+    eng = Engine(SPEC_1B, sw, CostOptions(), "reserved")
+    fastest = eng.solve(1.0, 0.0, "carbon")
+    cleanest = eng.solve(0.0, 1.0, "latency")
+    assert fastest is not None and cleanest is not None and len(fastest.stages) > 1
+    idx = eng.usable
+    omega0 = fastest.latency_s
+    # least latency with carbon at most the least carbon: plans exist (the cleanest one), none is seeded
+    s = ReservedSearch(eng.inst, idx, 1.0, 0.0, omega0, bf=cleanest.carbon_g)
+    assert s.run(None, max_pops=1) is None and s.gave_up
+    # the same search with its budget finds one
+    assert ReservedSearch(eng.inst, idx, 1.0, 0.0, omega0, bf=cleanest.carbon_g).run(None) is not None
+    # a bound below the least carbon: the search ends with no plan, which is a proof
+    s = ReservedSearch(eng.inst, idx, 1.0, 0.0, omega0, bf=cleanest.carbon_g * 0.5)
+    assert s.run(None) is None and not s.gave_up
+
+
+def test_the_plan_says_when_the_budget_ended_before_any_plan(monkeypatch):
+    """plan_optimal: 'no plan within its search budget' (one may exist), never 'no plan that fits'."""
+    from prismn.placement import reserved
+
+    sw = random_swarm(560, 8, vram=(0.3, 1.2))
+    cleanest = evaluate_plan(plan_optimal(SPEC_1B, sw, Objective("carbon")), SPEC_1B, sw).metrics[KEY]
+
+    def no_incumbent(engine, wl, wc, bl, bf, max_pops=0, only=None):  # the search alone, with no budget
+        from prismn.placement.reserved import ReservedSearch
+
+        omega0 = float(engine.inst.latency.per_layer.min())  # a (weak) lower bound on every plan's wall time
+        s = ReservedSearch(engine.inst, engine.usable, wl, wc, omega0, bl, bf)
+        out = s.run(None, max_pops=0)
+        engine.gave_up = s.gave_up
+        assert out is None
+        return None
+
+    monkeypatch.setattr(reserved, "solve_reserved", no_incumbent)
+    plan = plan_optimal(SPEC_1B, sw, Objective("latency", max_gco2e=cleanest * 1.01))
+    assert not plan.stages and plan.problems
+    assert "within its search budget" in plan.problems[0] and "fits" not in plan.problems[0]

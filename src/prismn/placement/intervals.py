@@ -12,7 +12,12 @@ LB(ta, tb) is linear in the plan and order-free except for the constraint W <= t
 
   * the order-free knapsack (knapsack.py) over peers with floor_i <= tb gives it exactly whenever its
     set, in its fastest order, meets W <= tb (the relaxation's optimum is feasible);
-  * otherwise the best-first search of search.py with W <= tb as its bounded metric gives it exactly.
+  * otherwise the Lagrangian dual of W <= tb first (cheap, a bound only): W is at least an order-free
+    sum over the set's stages (compute, each role's own hops to and from the client, the least hop into
+    a middle or last stage), so for mu >= 0, min over sets of [cost + mu x (that sum - tb)] <= LB(ta, tb);
+    the best mu closes most such intervals without a search;
+  * and where it does not, the best-first search of search.py with W <= tb as its bounded metric gives
+    LB exactly.
 
 The argmin plan P (W(P) = w, ta < w <= tb) is an incumbent; the interval splits into [ta, w) and
 [w, tb], and on [w, tb] the bound at ta = w is f(P) itself when P is again the argmin: the interval
@@ -37,6 +42,7 @@ SUB_LABELS = 20_000  # labels one such search may create (deep plans: thousands 
 TOTAL_LABELS = 100_000  # labels created by all those searches together
 SUB_MAX_STAGES = 12  # a knapsack set with more stages than this is not searched (deep: thousands of
 #                      children per label); its interval is halved instead, or left open when narrow
+DUAL_STEPS = 6  # knapsacks per Lagrangian bound (cutting planes on mu)
 SUB_THETA = 4  # elementary peers of the DSSR tables that bound that search
 REL = 1e-12
 SPLIT_MIN = 1e-3  # intervals narrower than this (relative) are split at the argmin's wall time only
@@ -63,11 +69,22 @@ class IntervalSearch:
             thr = through_bounds(wall, self.caps, self.L, relaxed_bounds(wall, self.caps, self.L))
             floor = np.maximum(floor, np.where(np.isfinite(thr), thr, INF))
         self.floor = floor
+        # order-free lower bound of a stage's share of W, per role: its compute, its own client hops, and
+        # the least hop into it from another peer (middle, last); a plan's W >= the sum over its stages
+        if m:
+            H = self.HW[:m, :m]
+            hin = np.min(H, axis=0) if m > 1 else np.full(m, INF)
+            c_in, c_out = self.HW[m, :m], self.HW[:m, m]
+            self.w_role = {"only": self.Fw["only"] + c_in + c_out, "first": self.Fw["first"] + c_in,
+                           "middle": self.Fw["middle"] + hin, "last": self.Fw["last"] + hin + c_out}
         self.zero = np.zeros((m + 1, m + 1))
         np.fill_diagonal(self.zero, INF)
         self.subsolves = 0
         self.pops = 0
         self.labels = 0
+        self.duals = 0  # knapsacks solved for Lagrangian bounds
+        self.best: list[tuple[int, int, str]] | None = None  # the incumbent: every plan a bound meets is offered
+        self.U = INF
 
     # ---- plans -------------------------------------------------------------------------------------
     def evaluate(self, path: list[tuple[int, int, str]]) -> tuple[float, float, float, float]:
@@ -81,6 +98,12 @@ class IntervalSearch:
             src = q
         W += self.HW[src, m]
         return W, A, B, A * W + B
+
+    def offer(self, path: list[tuple[int, int, str]]) -> None:
+        """A plan met on the way (a knapsack's set in its fastest order, a search's result): keep the best."""
+        f = self.evaluate(path)[3]
+        if f < self.U:
+            self.best, self.U = list(path), f
 
     def fastest_order(self, path: list[tuple[int, int, str]]) -> list[tuple[int, int, str]]:
         from prismn.placement.optimal import _sub_hops, best_order
@@ -108,8 +131,13 @@ class IntervalSearch:
         if path is None or value >= ub * (1 - REL):
             return value, None, True
         path = self.fastest_order([(int(sub[q]), n, r) for q, n, r in path])
+        self.offer(path)
         if self.evaluate(path)[0] <= tb * (1 + REL):
             return value, path, True
+        dual = self._dual(sub, R, F, caps, tb, ub, value, path)
+        if dual >= ub * (1 - REL):
+            return dual, None, True
+        value = max(value, dual)
         if len(path) > SUB_MAX_STAGES:  # deep: the W-bounded search would not finish; a bound only
             return value, path, False
         # the knapsack's set is too slow for the interval: the W-bounded search, exact
@@ -132,7 +160,56 @@ class IntervalSearch:
             return INF, None, True
         self.pops += out.pops
         path = [(int(sub[q]), n, r) for q, n, r in out.stages]
+        self.offer(path)
         return (out.P if out.proven else max(value, out.lower_bound)), path, out.proven
+
+    def _dual(self, sub, R, F, caps, tb: float, ub: float, v0: float, path0):
+        """max over mu >= 0 of min over sets [cost + mu x (Wlb(set) - tb)] (a lower bound on LB(ta, tb):
+        every plan with W <= tb has Wlb <= tb), by the cutting-plane (Kelley) method on the lines of the
+        sets found. Each set found is offered as a plan (in its fastest order)."""
+        wr = {r: self.w_role[r][sub] for r in ROLES}
+
+        def wlb(p):
+            return sum(wr[r][q] for q, _, r in p) + sum(n * self.Rw[sub][q] for q, n, _ in p)
+
+        local = {int(q): k for k, q in enumerate(sub)}
+        lines = [(v0, wlb([(local[q], n, r) for q, n, r in path0]) - tb)]  # (cost, Wlb - tb) of each set
+        if lines[0][1] <= 0:  # the knapsack's own set meets the relaxed constraint: mu = 0 is the dual optimum
+            return v0
+        # the set of least Wlb (the line that falls fastest): if even it exceeds tb, no plan fits the interval
+        Rw = self.Rw[sub]
+        fast, wmin = solve_order_free(Rw, wr, caps, self.L)
+        self.duals += 1
+        if fast is None or wmin > tb * (1 + REL):
+            return INF
+        lines.append((sum(F[r][q] + n * R[q] for q, n, r in fast), wmin - tb))
+        best_dual = v0
+        for _ in range(DUAL_STEPS):
+            # the mu where the upper envelope's least line changes: max over mu of min over lines
+            up = [ln for ln in lines if ln[1] > 0]
+            down = [ln for ln in lines if ln[1] <= 0]
+            mu, top = 0.0, -INF
+            for cu, su in up:
+                for cd, sd in down:
+                    m_ = (cd - cu) / (su - sd)
+                    if m_ > 0:
+                        val = min(c + m_ * s_ for c, s_ in lines)
+                        if val > top:
+                            mu, top = m_, val
+            if mu <= 0:
+                break
+            p, v = solve_order_free(R + mu * Rw, {r: F[r] + mu * wr[r] for r in ROLES}, caps, self.L)
+            self.duals += 1
+            if p is None:
+                break
+            c = sum(F[r][q] + n * R[q] for q, n, r in p)
+            dual = v - mu * tb
+            best_dual = max(best_dual, dual)
+            self.offer(self.fastest_order([(int(sub[q]), n, r) for q, n, r in p]))
+            if best_dual >= ub * (1 - REL) or top - dual <= REL * max(abs(top), 1e-300):
+                break  # the interval closes, or the dual is at its optimum (the new line is on the envelope)
+            lines.append((c, wlb(p) - tb))
+        return best_dual
 
     def _filter(self, R, F, caps, ub: float) -> np.ndarray:
         """Peers that may be in a set costing < ub: own stage + the cheapest amortised fill of the rest."""
@@ -153,8 +230,8 @@ class IntervalSearch:
     # ---- the branch and bound ----------------------------------------------------------------------
     def run(self, incumbent: list[tuple[int, int, str]], max_subsolves: int = MAX_SUBSOLVES):
         """incumbent: a plan over local indices. Returns (path, f, proven, lower bound)."""
-        best = list(incumbent)
-        U = self.evaluate(best)[3]
+        self.offer(incumbent)
+        U = self.U
         a_min = float(self.alpha.min())
         tmax = U / a_min if a_min > 0 else INF  # f < U needs A W < U, A >= a_min
         heap: list[tuple[float, float, float]] = [(-INF, self.omega0, tmax)]
@@ -162,17 +239,16 @@ class IntervalSearch:
         while heap:
             lb, ta, tb = heap[0]
             if min(lb, stuck) >= U * (1 - REL):
-                return best, U, True, U
+                return self.best, U, True, U
             if lb >= U * (1 - REL):  # only stuck intervals below the incumbent remain
                 break
             if self.subsolves >= max_subsolves or self.labels >= TOTAL_LABELS:
-                return best, U, False, min(lb, stuck)
+                return self.best, U, False, min(lb, stuck)
             heapq.heappop(heap)
             value, path, exact = self.bound(ta, tb, U)
+            U = self.U  # every plan the bound met was offered
             if path is not None:
-                w, _, _, f = self.evaluate(path)
-                if f < U:
-                    best, U = path, f
+                w = self.evaluate(path)[0]
             if value >= U * (1 - REL):
                 continue
             if not exact:  # the search hit its budget: halve the interval (both halves bound tighter)
@@ -197,5 +273,5 @@ class IntervalSearch:
             elif lo_tb > ta:
                 heapq.heappush(heap, (value, ta, lo_tb))
         if stuck >= U * (1 - REL):
-            return best, U, True, U
-        return best, U, False, stuck
+            return self.best, U, True, U
+        return self.best, U, False, stuck

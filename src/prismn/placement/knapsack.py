@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 INF = math.inf
 # DP states: which of the two end roles are already taken
@@ -21,20 +22,16 @@ _ROLE_CODE = {"middle": 0, "first": 1, "last": 2, "only": 3}
 _ROLE_NAME = {v: k for k, v in _ROLE_CODE.items()}
 
 
-def _shift_min(row: np.ndarray, R: float, F: float, cap: int, L: int) -> tuple[np.ndarray, np.ndarray]:
-    """out[j] = min over 1 <= n <= cap of row[j - n] + F + n * R, and the best n (0 where none)."""
-    cap = min(cap, L)
-    out = np.full(L + 1, INF)
-    arg = np.zeros(L + 1, dtype=np.int64)
-    if cap < 1:
-        return out, arg
-    n = np.arange(1, cap + 1)
-    j = np.arange(L + 1)[:, None] - n[None, :]  # (L+1, cap): index of the state before this stage
-    vals = np.where(j >= 0, row[np.maximum(j, 0)], INF) + (F + n * R)[None, :]
-    k = vals.argmin(axis=1)
-    out = vals[np.arange(L + 1), k]
-    arg = np.where(np.isfinite(out), k + 1, 0)
-    return out, arg
+_SRC_DST = {  # role -> (source states, destination states); in this order, ties keep the earlier role
+    "middle": ((NONE, FIRST, LAST, BOTH), (NONE, FIRST, LAST, BOTH)),
+    "first": ((NONE, LAST), (FIRST, BOTH)),
+    "last": ((NONE, FIRST), (LAST, BOTH)),
+}
+
+
+def _stage_costs(R: float, F: float, cap: int) -> np.ndarray:
+    """F + n R for n = cap, cap - 1, ..., 1 (the order of a sliding window ending just before j)."""
+    return F + np.arange(cap, 0, -1) * R
 
 
 def solve_order_free(R: np.ndarray, F: dict[str, np.ndarray], caps: dict[str, np.ndarray],
@@ -51,47 +48,53 @@ def solve_order_free(R: np.ndarray, F: dict[str, np.ndarray], caps: dict[str, np
     best_only = int(np.argmin(only_val)) if m else -1
     only_best = float(only_val[best_only]) if m else INF
 
-    # multi-stage: DP over peers; C[s, j] = least cost with j layers placed and end roles s taken
-    C = np.full((4, L + 1), INF)
-    C[NONE, 0] = 0.0
-    choice_role = np.full((m, 4, L + 1), -1, dtype=np.int8)  # -1: peer unused in the best state
-    choice_n = np.zeros((m, 4, L + 1), dtype=np.int16)
+    # multi-stage: DP over peers; C[p + 1][s, j] = least cost over peers 0..p with j layers placed and end
+    # roles s taken. A peer's stage of n layers reads the state n before j: a sliding window over a row
+    # padded with INF, so one vectorised minimum per role and peer. The choices are recovered afterwards.
+    capr = {role: np.minimum(caps[role], L).astype(np.int64) for role in _SRC_DST}
+    C = np.full((m + 1, 4, L + 1), INF)
+    C[0, NONE, 0] = 0.0
+    pad = np.full((4, 2 * L + 1), INF)  # pad[:, L + i] = C[p, :, i]
     for p in range(m):
-        new = C.copy()
-        r = float(R[p])
-        for role, src, dst in (("middle", NONE, NONE), ("middle", FIRST, FIRST), ("middle", LAST, LAST),
-                               ("middle", BOTH, BOTH), ("first", NONE, FIRST), ("first", LAST, BOTH),
-                               ("last", NONE, LAST), ("last", FIRST, BOTH)):
-            cap = int(caps[role][p])
-            if cap < 1 or not np.isfinite(C[src]).any():
+        prev, new = C[p], C[p + 1]
+        new[:] = prev
+        pad[:, L:] = prev
+        for role, (src, dst) in _SRC_DST.items():
+            cap = int(capr[role][p])
+            if cap < 1:
                 continue
-            val, n = _shift_min(C[src], r, float(F[role][p]), cap, L)
-            better = val < new[dst]
-            if better.any():
-                new[dst] = np.where(better, val, new[dst])
-                choice_role[p, dst] = np.where(better, _ROLE_CODE[role], choice_role[p, dst])
-                choice_n[p, dst] = np.where(better, n, choice_n[p, dst])
-                # remember the source state through the role (first/last change it, middle keeps it)
-        C = new
-    multi_best = float(C[BOTH, L])
+            # window j: pad[L + j - cap .. L + j - 1] = prev[j - cap .. j - 1], i.e. n = cap .. 1
+            win = sliding_window_view(pad[list(src), L - cap:2 * L], cap, axis=1)  # (k, L+1, cap)
+            val = (win + _stage_costs(float(R[p]), float(F[role][p]), cap)).min(axis=2)
+            d = list(dst)
+            new[d] = np.minimum(new[d], val)
+    multi_best = float(C[m, BOTH, L])
     if not math.isfinite(multi_best) and not math.isfinite(only_best):
         return None, INF
     if only_best <= multi_best:
         return [(best_only, L, "only")], only_best
-    # backtrack from the last peer to the first
+    # backtrack from the last peer to the first: unused where the value did not change; else the first
+    # role (in _SRC_DST's order) and the fewest layers that give it, as the forward pass chose
     stages: list[tuple[int, int, str]] = []
     s, j = BOTH, L
     for p in range(m - 1, -1, -1):
-        code = int(choice_role[p, s, j])
-        if code < 0:
+        target, prev = C[p + 1, s, j], C[p]
+        if target == prev[s, j]:
             continue
-        role, n = _ROLE_NAME[code], int(choice_n[p, s, j])
-        stages.append((p, n, role))
-        j -= n
-        if role == "first":
-            s &= ~FIRST
-        elif role == "last":
-            s &= ~LAST
+        for role, (src, dst) in _SRC_DST.items():
+            cap = min(int(capr[role][p]), j)
+            if cap < 1 or s not in dst:
+                continue
+            s0 = src[dst.index(s)]
+            n = np.arange(1, cap + 1)
+            vals = prev[s0, j - n] + (float(F[role][p]) + n * float(R[p]))
+            hit = np.nonzero(vals == target)[0]
+            if len(hit):
+                stages.append((p, int(n[hit[0]]), role))
+                s, j = s0, j - int(n[hit[0]])
+                break
+        else:
+            raise AssertionError("knapsack backtrack found no stage that gives the table's value")
     assert j == 0 and s == NONE, "knapsack backtrack did not reach the empty state"
     first = [st for st in stages if st[2] == "first"]
     last = [st for st in stages if st[2] == "last"]

@@ -136,6 +136,7 @@ class Engine:
                  carbon_scope: str = "operational"):
         self.inst = Instance(spec, swarm, options, carbon_scope)
         self.cells = DSSR_CELLS
+        self.gave_up = False  # the last search stopped at its budget before it found any plan (none is proven)
         self.L = self.inst.L
         inst = self.inst
         self.usable = np.nonzero(inst.caps["middle"] >= 1)[0]
@@ -247,6 +248,7 @@ class Engine:
         objective or bound involves carbon goes to the exact product search (reserved.py); the
         fastest plan alone stays the additive latency search (its carbon is then only reported).
         `only`: peers known to hold every plan that can meet the bound (the others are left out)."""
+        self.gave_up = False
         if self.inst.carbon_scope == "reserved" and (wc or (s_metric == "carbon" and bound_s is not None)):
             from prismn.placement.reserved import RESERVED_POPS, solve_reserved
 
@@ -321,9 +323,11 @@ class Engine:
         else:
             cand, incumbent = order, None
         stats["candidates"] = len(cand)
+        self._last_search = None
         res = self._search(cand, wl, wc, sl, sc, bound_s, incumbent, max_pops)
         idx = cand
         if res is None:
+            self.gave_up = bool(self._last_search is not None and self._last_search.gave_up)
             return None
         stages = [(int(idx[q]), n, r) for q, n, r in res.stages]
         lat, car = self._metrics(stages)
@@ -399,6 +403,7 @@ class Engine:
             if incumbent is None and path_s is not None:
                 incumbent = path_s  # the S-optimal plan meets the bound
         s = Search(P, S, caps, self.L, bound_s, tables_P=tables_P, tables_S=tables_S)
+        self._last_search = s
         if bound_s is not None and path is not None and path_s is not None:
             # Lagrangian dual: for lam >= 0, min(P + lam*S) - lam*bound <= the bounded optimum, and every
             # minimiser of P + lam*S that meets the bound is a feasible plan (a supported Pareto point).
@@ -565,20 +570,23 @@ def best_order(W: np.ndarray, k: int) -> list[int]:
                         best[key] = cand
         end = min((best[(full, i)][0] + W[i, k - 1], best[(full, i)][1]) for i in mids)
         return [0] + end[1] + [k - 1]
-    order = list(range(k))
-
-    def length(o):
-        return sum(W[a, b] for a, b in zip(o, o[1:], strict=False))
-
+    order = np.arange(k)
     improved = True
-    while improved:
+    while improved:  # 2-opt: reverse order[i..j]; each move's change in length in O(1) from prefix sums
         improved = False
         for i in range(1, k - 2):
-            for j in range(i + 1, k - 1):
-                cand = order[:i] + order[i:j + 1][::-1] + order[j + 1:]
-                if length(cand) < length(order) - 1e-15:
-                    order, improved = cand, True
-    return order
+            o = order
+            fwd = np.concatenate([[0.0], np.cumsum(W[o[:-1], o[1:]])])  # fwd[t]: sum of edges before t
+            bwd = np.concatenate([[0.0], np.cumsum(W[o[1:], o[:-1]])])  # the same edges walked backwards
+            j = np.arange(i + 1, k - 1)
+            delta = (W[o[i - 1], o[j]] + W[o[i], o[j + 1]] + (bwd[j] - bwd[i])
+                     - W[o[i - 1], o[i]] - W[o[j], o[j + 1]] - (fwd[j] - fwd[i]))
+            better = np.nonzero(delta < -1e-15)[0]
+            if len(better):
+                jj = int(j[better[0]])
+                order = np.concatenate([o[:i], o[i:jj + 1][::-1], o[jj + 1:]])
+                improved = True
+    return [int(x) for x in order]
 
 
 def polish_order(engine: Engine, sol: Solution) -> Solution:
@@ -761,6 +769,10 @@ def solve_objective(engine: Engine, obj: Objective) -> tuple[Solution | None, di
             sol = engine.solve(wl, wc, "carbon", bc)
         else:
             sol = engine.solve(wl, wc, "latency", bl)
+    if sol is None and engine.gave_up:  # no plan found within the budget: none is proven either
+        info["budget_hit"] = ("the search stopped at its label budget before it found a plan that meets the bounds; "
+                              "one may exist: loosen the bound, or give fewer peers")
+        return None, info
     if sol is None and "bound_missed" not in info:
         if obj.max_latency_ms is not None or obj.max_gco2e is not None:
             free = Objective("latency" if bl is not None else "carbon", carbon_scope=obj.carbon_scope)
@@ -816,6 +828,8 @@ def plan_optimal(spec: ModelSpec, swarm: Swarm, obj: Objective, options: CostOpt
                         f"or give fewer peers") from None
     info["solve_seconds"] = time.perf_counter() - t0
     if sol is None:
+        if "budget_hit" in info:
+            return Plan(STRATEGY, spec.name, [], info, [f"prismn found no plan within its search budget: {info['budget_hit']}"])
         why = info.get("bound_missed") or engine.why_infeasible()
         return Plan(STRATEGY, spec.name, [], info, [f"prismn found no plan that fits: {why}"])
     lat_ms = sol.latency_s * 1e3

@@ -109,6 +109,7 @@ class ReservedSearch:
                             for om in self.omegas]) if self.floors else self.G
         self.ns = np.arange(1, self.L + 1)
         self.a_grid = None
+        self.gave_up = False  # run() stopped at its budget before it found any plan
 
     def _res(self, om: float) -> np.ndarray:
         """Each candidate's reservation when the plan's wall time is at least om: alpha x max(om, floor)."""
@@ -233,7 +234,8 @@ class ReservedSearch:
                 return best_path, best_val, True, best_val, pops
             pops += 1
             if pops > max_pops or len(J) > RESERVED_LABELS:
-                if best_path is None:
+                if best_path is None:  # the budget ran out before any plan: not a proof that none exists
+                    self.gave_up = True
                     return None
                 return best_path, best_val, False, max(lbv, 0.0), pops
             j, p, v = J[lab], Pp[lab], V[lab]
@@ -281,9 +283,19 @@ class ReservedSearch:
             qq = q[:, None] + 0 * ns
             lat_lb = lat + self.hL[jj, qq]
             w_hat = np.maximum(W + self.hW[jj, qq], np.maximum(WF[lab], self.wfloor[q])[:, None])
-            f_lb = A * w_hat + B + self._G(w_hat, jj)
-            if self.a_grid is not None:  # f >= A W + B + min(A ΔW + Ŵ ΔA + ΔB): the completion's time costs A
-                f_lb = np.maximum(f_lb, A * W + B + self._G2(A, w_hat, jj))
+            # the completion bounds below are >= 0: children that A x Ŵ + B alone prunes skip them (same result)
+            base = A * w_hat + B
+            pre = valid & np.isfinite(lat_lb) & (lat_lb <= self.bl) & (base <= self.bf)
+            if best_path is not None:
+                pre &= ((wl * np.where(pre, lat_lb, 0.0) if wl else 0.0) + (wc * base if wc else 0.0)) < best_val * (1 - tol)
+            f_lb = np.full(base.shape, INF)
+            pi, pn = np.nonzero(pre)
+            if len(pi):
+                wh, jp = w_hat[pi, pn], jj[pi, pn]
+                fl = base[pi, pn] + self._G(wh, jp)
+                if self.a_grid is not None:  # f >= A W + B + min(A ΔW + Ŵ ΔA + ΔB): the completion's time costs A
+                    fl = np.maximum(fl, A[pi, pn] * W[pi, pn] + B[pi, pn] + self._G2(A[pi, pn], wh, jp))
+                f_lb[pi, pn] = fl
             prim = (wl * lat_lb if wl else 0.0) + (wc * f_lb if wc else 0.0)
             prim = np.where(np.isfinite(lat_lb) & np.isfinite(f_lb), prim, INF)
             keep = valid & np.isfinite(prim) & (lat_lb <= self.bl) & (f_lb <= self.bf)
@@ -482,7 +494,8 @@ def solve_reserved(engine, wl: float, wc: float, bl: float | None, bf: float | N
 
         it = IntervalSearch(engine, cand, omega0, lat_lbq[cand])
         path, val, proven, interval_lower = it.run(inc)
-        stats.update({"method": "wall-time intervals", "subsolves": it.subsolves, "interval_pops": it.pops,
+        stats.update({"method": "wall-time intervals", "subsolves": it.subsolves, "duals": it.duals,
+                      "interval_pops": it.pops,
                       "interval_labels": it.labels})
         if proven:
             res = (path, val, True, val, 0)
@@ -493,6 +506,7 @@ def solve_reserved(engine, wl: float, wc: float, bl: float | None, bf: float | N
         if wc and best is not None:  # a plan costing <= best has A x omega0 <= f, so A <= best / (wc omega0)
             s.weighted_tables(best_val / (wc * omega0) if omega0 > 0 else 0.0)
         res = s.run(inc, max_pops)
+        engine.gave_up = s.gave_up
     if res is None:
         return None
     path, val, proven, lower, pops = res
