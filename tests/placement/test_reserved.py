@@ -161,3 +161,12 @@ def test_the_plan_says_when_the_budget_ended_before_any_plan(monkeypatch):
     plan = plan_optimal(SPEC_1B, sw, Objective("latency", max_gco2e=cleanest * 1.01))
     assert not plan.stages and plan.problems
     assert "within its search budget" in plan.problems[0] and "fits" not in plan.problems[0]
+
+
+@pytest.mark.parametrize("seed,n", fast_sample([(2, 12), (2, 10), (3, 12)], 1))
+def test_lagrangian_interval_bounds_keep_the_proof_exact(seed, n):
+    """Swarms where some interval's knapsack set is too slow for it, so its Lagrangian bound of W <= tb
+    (intervals.IntervalSearch._dual) is computed: the proof still matches the independent MILP."""
+    ev = _check(random_swarm(500 + seed, n, vram=(0.3, 1.2)), CostOptions())
+    s = ev.plan.notes["search"]
+    assert s["method"] == "wall-time intervals" and s["duals"] > 0
