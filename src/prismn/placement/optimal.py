@@ -308,8 +308,20 @@ class Engine:
             ub = inc.P
             cand = order[lbP[order] <= ub * (1 + 1e-9) + 1e-300]
             stats["after_lb_filter"] = len(cand)
-            cand = self._through_filter(cand, wl, wc, sl, sc, ub, bound_s)
+            cand, through = self._through_filter(cand, wl, wc, sl, sc, ub, bound_s)
             stats["after_relaxed_filter"] = len(cand)
+            if bound_s is None and through is not None and len(cand) > 2 * len(seed_idx):
+                # a second seed on the peers whose relaxed best plans are best (the optimum's peers are
+                # among them): usually the optimum itself, and a far tighter filter for the search
+                best_first = cand[np.argsort(through, kind="stable")]
+                cum2 = np.cumsum(np.minimum(capM[best_first], self.L))
+                n2 = max(16, int(np.searchsorted(cum2, 2 * self.L)) + 1)
+                again = self._seed(best_first[:n2], wl, wc, sl, sc, None)
+                if again is not None and again.P < ub:
+                    seed_idx, inc, ub = best_first[:n2], again, again.P
+                    keep = through <= ub * (1 + 1e-9) + 1e-300  # the seed's own peers are within it
+                    cand = cand[keep]
+                    stats.update({"second_seed": n2, "after_second_seed": len(cand)})
             K = self.stage_bound(wl, wc, ub)
             if bound_s is not None and sl:
                 K = min(K, self.stage_bound(sl, sc, bound_s))
@@ -340,9 +352,10 @@ class Engine:
         return Solution(stages, lat, car, res.proven, res.P, stats)
 
     def _through_filter(self, idx, wl, wc, sl, sc, ub, bound_s) -> np.ndarray:
-        """Keep peers whose relaxed best plan through them is within the incumbent (and the bound)."""
+        """Keep peers whose relaxed best plan through them is within the incumbent (and the bound); returns
+        them and those relaxed values (None when the swarm is too large to compute them)."""
         if len(idx) > 4000:
-            return idx
+            return idx, None
         W_lat = self.inst.hop_time_matrix(idx) if (wl or sl) else None
         caps = {r: self.inst.caps[r][idx] for r in ROLES}
         P = self.costs(wl, wc, idx, W_lat)
@@ -353,7 +366,7 @@ class Engine:
         if bound_s is not None:
             S = self.costs(sl, sc, idx, W_lat)
             keep &= through_bounds(S, caps, self.L, relaxed_bounds(S, caps, self.L)) <= bound_s * (1 + 1e-12)
-        return idx[keep]
+        return idx[keep], through[keep]
 
     def _seed(self, idx, wl, wc, sl, sc, bound_s) -> Result | None:
         """A good feasible plan on a few peers. Unbounded: a small relaxation, else a greedy dive. Bounded:
