@@ -425,7 +425,12 @@ class Search:
 # ---------------------------------------------------------------------------------------------------
 def _dssr_tables(c: Costs, caps: dict[str, np.ndarray], L: int, theta: list[int]):
     """Backward DP over (S, j, p): S = which peers of `theta` are already used. Peers in theta are
-    elementary, the others may repeat (the relaxation). Returns h (T, L+1, m) and the client row."""
+    elementary, the others may repeat (the relaxation), but never as p -> q -> p: the relaxation also
+    forbids 2-cycles (Houck et al.), which removes the typical repeat (a capped peer reused through a
+    one-layer detour to a neighbour) without growing theta. For that each (S, j, p) keeps its best
+    cost-to-go h1 with its next peer `nxt` and the best h2 whose next peer differs; a predecessor o of p
+    reads h1 unless nxt is o itself, then h2.
+    Returns (h1, h2, nxt) each (T, L+1, m), the client row, and theta's bit per peer."""
     m = len(c.R)
     t = len(theta)
     T = 1 << t
@@ -435,6 +440,8 @@ def _dssr_tables(c: Costs, caps: dict[str, np.ndarray], L: int, theta: list[int]
     in_theta = bit >= 0
     S_ids = np.arange(T)
     h = np.full((T, L + 1, m), INF)
+    h2 = np.full((T, L + 1, m), INF)
+    nxt = np.full((T, L + 1, m), -1)  # -1: the client (or no known next peer): never a 2-cycle
     capM, capH = caps["middle"], caps["last"]
     Wpp = c.W[:m, :m]
     to_client = c.W[:m, m]
@@ -442,36 +449,59 @@ def _dssr_tables(c: Costs, caps: dict[str, np.ndarray], L: int, theta: list[int]
     th_b = bit[th_q]
     off = ~np.eye(m, dtype=bool)
     free_hops = m > 1 and not np.any(Wpp[off]) and not np.any(c.W[m, :m]) and not np.any(to_client)
+    Sg, qg = S_ids[:, None], np.arange(m)[None, :]  # index grids over (S, peer)
 
-    def effective(U):  # U[S', q] with S' = S | bit(q) -> value seen from state S
+    def effective(U, fill=INF):  # U[S', q] with S' = S | bit(q) -> value seen from state S
         E = U.copy()
         if len(th_q):
             has = (S_ids[:, None] >> th_b[None, :]) & 1  # (T, |theta|)
-            E[:, th_q] = np.where(has == 1, INF, U[S_ids[:, None] | (1 << th_b[None, :]), th_q[None, :]])
+            E[:, th_q] = np.where(has == 1, fill, U[S_ids[:, None] | (1 << th_b[None, :]), th_q[None, :]])
         return E
 
     for j in range(L - 1, 0, -1):
         n_last = L - j
-        U = np.broadcast_to(np.where(capH >= n_last, n_last * c.R + c.F["last"] + to_client, INF), (T, m)).copy()
+        last = np.broadcast_to(np.where(capH >= n_last, n_last * c.R + c.F["last"] + to_client, INF), (T, m))
+        U1, U2, s1 = last.copy(), last.copy(), np.full((T, m), -1)
         nmax = L - 1 - j
         if nmax >= 1:
             ns = np.arange(1, nmax + 1)[None, :, None]
-            cand = np.where(ns <= capM[None, None, :], ns * c.R[None, None, :] + h[:, j + 1:j + 1 + nmax, :], INF)
-            U = np.minimum(U, c.F["middle"][None, :] + cand.min(axis=1))
-        E = effective(U)
+            ok = ns <= capM[None, None, :]
+            cand = np.where(ok, ns * c.R[None, None, :] + h[:, j + 1:j + 1 + nmax, :], INF)
+            k = cand.argmin(axis=1)  # (T, m): layers - 1 of the best middle stage
+            mid = c.F["middle"][None, :] + cand[Sg, k, qg]
+            mid_next = nxt[Sg, j + 1 + k, qg]
+            better = mid < U1
+            U1 = np.where(better, mid, U1)
+            s1 = np.where(better, mid_next, -1)
+            # the best continuation whose next peer is not s1 (what a predecessor equal to s1 may take)
+            h_ex = np.where(nxt[:, j + 1:j + 1 + nmax, :] != s1[:, None, :], h[:, j + 1:j + 1 + nmax, :],
+                            h2[:, j + 1:j + 1 + nmax, :])
+            mid2 = c.F["middle"][None, :] + np.where(ok, ns * c.R[None, None, :] + h_ex, INF).min(axis=1)
+            U2 = np.where(s1 >= 0, np.minimum(last, mid2), U1)
+        E1, E2, Es = effective(U1), effective(U2), effective(s1, -1)
         if m <= 1:
-            h[:, j, :] = INF
-        elif free_hops:  # min over q != p: the best, or the second best where the best is p itself
-            k1 = E.argmin(axis=1)
-            v1 = E[S_ids, k1]
-            E2 = E.copy()
-            E2[S_ids, k1] = INF
-            v2 = E2.min(axis=1)
+            continue
+        if free_hops:  # min over q != p: the best, or the second best where the best is p itself
+            k1 = E1.argmin(axis=1)
+            v1 = E1[S_ids, k1]
+            E1b = E1.copy()
+            E1b[S_ids, k1] = INF
+            v2 = E1b.min(axis=1)
             row = np.broadcast_to(v1[:, None], (T, m)).copy()
             row[S_ids, k1] = v2
             h[:, j, :] = row
-        else:
-            h[:, j, :] = (Wpp[None, :, :] + E[:, None, :]).min(axis=2)
+            h2[:, j, :] = row  # no next peer is tracked here (nxt stays -1): 2-cycles are not excluded
+            continue
+        M = Wpp[None, :, :] + E1[:, None, :]  # (T, p, q)
+        si, qi = np.nonzero(Es >= 0)  # q's best continuation goes on to p = Es: from p, q offers E2
+        pi = Es[si, qi]
+        M[si, pi, qi] = Wpp[pi, qi] + E2[si, qi]
+        q1 = M.argmin(axis=2)
+        best = M[Sg, qg, q1]
+        h[:, j, :] = best
+        nxt[:, j, :] = np.where(np.isfinite(best), q1, -1)
+        M[Sg, qg, q1] = INF
+        h2[:, j, :] = M.min(axis=2)
     # from the client (S = empty): first or only stage
     first = np.full((T, m), INF)
     if L >= 2:
@@ -480,14 +510,15 @@ def _dssr_tables(c: Costs, caps: dict[str, np.ndarray], L: int, theta: list[int]
         first = c.F["first"][None, :] + cand.min(axis=1)
     only = np.broadcast_to(np.where(caps["only"] >= L, L * c.R + c.F["only"] + to_client, INF), (T, m))
     E0 = effective(np.minimum(first, only))[0]
-    return h, c.W[m, :m] + E0, bit
+    return (h, h2, nxt), c.W[m, :m] + E0, bit
 
 
-def _dssr_path(c: Costs, caps, L, h, root_row, bit) -> list[tuple[int, int, str]]:
-    """One optimal path of the DSSR relaxation, following the tables forward."""
+def _dssr_path(c: Costs, caps, L, tables, root_row, bit) -> list[tuple[int, int, str]]:
+    """One optimal path of the DSSR relaxation, following the tables forward (never p -> q -> p)."""
+    h, h2, nxt = tables
     m = len(c.R)
     path: list[tuple[int, int, str]] = []
-    S, src, j = 0, m, 0
+    S, src, prev, j = 0, m, -1, 0
     while True:
         first = src == m
         best, choice = INF, None
@@ -495,6 +526,8 @@ def _dssr_path(c: Costs, caps, L, h, root_row, bit) -> list[tuple[int, int, str]
         allowed = np.ones(m, dtype=bool)
         if not first:
             allowed[src] = False
+        if prev >= 0:
+            allowed[prev] = False  # src's predecessor: no 2-cycle
         tb = np.where(bit >= 0, (S >> np.maximum(bit, 0)) & 1, 0)
         allowed &= tb == 0
         v = np.where(allowed & (caps[end_role] >= L - j),
@@ -507,7 +540,10 @@ def _dssr_path(c: Costs, caps, L, h, root_row, bit) -> list[tuple[int, int, str]
             role = "first" if first else "middle"
             S2 = np.where(bit >= 0, S | (1 << np.maximum(bit, 0)), S)  # state after using q
             ns = np.arange(1, nmax + 1)[:, None]
-            hv = h[S2[None, :], j + ns, np.arange(m)[None, :]]
+            cols = np.arange(m)[None, :]
+            hv = h[S2[None, :], j + ns, cols]
+            if not first:  # q's continuation may not return to src
+                hv = np.where(nxt[S2[None, :], j + ns, cols] == src, h2[S2[None, :], j + ns, cols], hv)
             cand = np.where(ns <= caps[role][None, :], ns * c.R[None, :] + hv, INF)
             tot = np.where(allowed[None, :], c.W[src, :m][None, :] + c.F[role][None, :] + cand, INF)
             k = int(np.argmin(tot))
@@ -522,6 +558,7 @@ def _dssr_path(c: Costs, caps, L, h, root_row, bit) -> list[tuple[int, int, str]
             return path
         if bit[q] >= 0:
             S |= 1 << int(bit[q])
+        prev = -1 if first else src
         src, j = q, j + n
 
 
@@ -535,14 +572,14 @@ def dssr(c: Costs, caps: dict[str, np.ndarray], L: int, max_theta: int = 14,
     info: dict = {"iterations": 0}
     while True:
         info["iterations"] += 1
-        h, root_row, bit = _dssr_tables(c, caps, L, theta)
-        info["tables"] = (h, bit)
+        tabs, root_row, bit = _dssr_tables(c, caps, L, theta)
+        info["tables"] = (tabs[0], bit)
         root = float(root_row.min()) if m else INF
         bound = max(bound, root)
         if not math.isfinite(root):
             info["theta"] = len(theta)
             return None, INF, info
-        path = _dssr_path(c, caps, L, h, root_row, bit)
+        path = _dssr_path(c, caps, L, tabs, root_row, bit)
         seen: dict[int, int] = {}
         for q, _, _ in path:
             seen[q] = seen.get(q, 0) + 1

@@ -1,0 +1,63 @@
+"""The decremental state-space relaxation (search.dssr) against brute force on small random problems:
+its relaxation, which may reuse a peer but never as p -> q -> p, bounds every elementary plan from below
+and is at least the plain relaxation's bound; its final path is an elementary optimum."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from prismn.placement.search import Costs, _dssr_path, _dssr_tables, dssr, relaxed_bounds
+
+
+def _problem(seed: int, m: int, L: int):
+    rng = np.random.default_rng(seed)
+    W = rng.uniform(0.1, 3.0, (m + 1, m + 1))
+    np.fill_diagonal(W, math.inf)
+    c = Costs(rng.uniform(0.2, 2.0, m), {r: rng.uniform(0.0, 1.5, m) for r in ("first", "middle", "last", "only")}, W)
+    caps = {r: rng.integers(1, L + 1, m) for r in ("first", "middle", "last")}
+    caps["only"] = np.where(rng.random(m) < 0.2, L, 0)
+    return c, caps
+
+
+def _cost(c, path):
+    m, src, total = len(c.R), len(c.R), 0.0
+    for q, n, r in path:
+        total += c.W[src, q] + c.F[r][q] + n * c.R[q]
+        src = q
+    return total + c.W[src, m]
+
+
+def _brute(c, caps, L):
+    m, best = len(c.R), math.inf
+    for k in range(1, min(m, L) + 1):
+        for peers in itertools.permutations(range(m), k):
+            for cuts in itertools.combinations(range(1, L), k - 1):
+                ns = np.diff([0, *cuts, L])
+                roles = ["only"] if k == 1 else ["first"] + ["middle"] * (k - 2) + ["last"]
+                if all(n <= caps[r][p] for p, n, r in zip(peers, ns, roles, strict=True)):
+                    best = min(best, _cost(c, list(zip(peers, ns, roles, strict=True))))
+    return best
+
+
+# seeds 8, 23, 44, 49, 59: the plain relaxation's optimum there goes p -> q -> p
+@pytest.mark.parametrize("seed", [0, 1, 2, 3, 8, 23, 44, 49, 59])
+def test_dssr_is_exact_and_its_relaxation_forbids_two_cycles(seed):
+    m, L = 5, 7
+    c, caps = _problem(seed, m, L)
+    opt = _brute(c, caps, L)
+    tabs, root_row, bit = _dssr_tables(c, caps, L, [])
+    root = float(root_row.min())
+    assert root <= opt * (1 + 1e-12)  # a relaxation: never above the elementary optimum
+    assert root >= relaxed_bounds(c, caps, L).root * (1 - 1e-12)  # and no weaker than the plain one
+    path = _dssr_path(c, caps, L, tabs, root_row, bit)
+    assert _cost(c, path) == pytest.approx(root, rel=1e-12)  # the path is the relaxation's optimum
+    peers = [q for q, _, _ in path]
+    assert all(a != b for a, b in zip(peers, peers[2:], strict=False))  # never p -> q -> p
+    found, value, _ = dssr(c, caps, L)
+    if math.isfinite(opt):
+        assert found is not None and len({q for q, _, _ in found}) == len(found)
+        assert value == pytest.approx(opt, rel=1e-12) and _cost(c, found) == pytest.approx(opt, rel=1e-12)
