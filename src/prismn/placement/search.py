@@ -451,11 +451,14 @@ def _dssr_tables(c: Costs, caps: dict[str, np.ndarray], L: int, theta: list[int]
     free_hops = m > 1 and not np.any(Wpp[off]) and not np.any(c.W[m, :m]) and not np.any(to_client)
     Sg, qg = S_ids[:, None], np.arange(m)[None, :]  # index grids over (S, peer)
 
-    def effective(U, fill=INF):  # U[S', q] with S' = S | bit(q) -> value seen from state S
+    has = ((S_ids[:, None] >> th_b[None, :]) & 1) == 1  # (T, |theta|): theta peer already used in S
+    after = S_ids[:, None] | (1 << th_b[None, :])  # the state after using it
+
+    def effective(U, fill=INF):  # U[S', q] with S' = S | bit(q) -> value seen from state S (read only)
+        if not len(th_q):
+            return U
         E = U.copy()
-        if len(th_q):
-            has = (S_ids[:, None] >> th_b[None, :]) & 1  # (T, |theta|)
-            E[:, th_q] = np.where(has == 1, fill, U[S_ids[:, None] | (1 << th_b[None, :]), th_q[None, :]])
+        E[:, th_q] = np.where(has, fill, U[after, th_q[None, :]])
         return E
 
     for j in range(L - 1, 0, -1):
