@@ -282,7 +282,7 @@ def solve_case(spec, sw, kind: str, scope: str = "operational", memory: bool = T
             "gco2e_total_per_token_at_load": ev.metrics["gco2e_total_per_token_at_load"]}
 
 
-def measured_rtt_cases(spec, cases: list[tuple[int, str]], reserved_max: int = 10_000) -> list[dict]:
+def measured_rtt_cases(spec, cases: list[tuple[int, str]], reserved_max: int = 100_000) -> list[dict]:
     """Generated swarms whose peers report measured RTTs (k nearest neighbours, or all pairs)."""
     out = []
     for n, mode in cases:
