@@ -19,7 +19,7 @@ from prismn.placement.costmodel import (
     CostModel,
 )
 from prismn.placement.instance import Instance
-from prismn.placement.optimal import Objective, plan_optimal, proof_text
+from prismn.placement.optimal import Engine, Objective, plan_optimal, proof_text
 from prismn.placement.pareto import pareto_front
 
 from .conftest import fast_sample, random_swarm
@@ -154,6 +154,29 @@ def test_pareto_complete_is_true_exactly_when_no_point_is_left_out(seed):
     got = {round(e.metrics["latency_ms_per_token"], 9) for e in few.plans}
     assert got <= pts
     assert few.complete == (got == pts)
+
+
+def test_pareto_is_not_complete_when_a_point_search_stops_at_its_budget(monkeypatch):
+    """A point whose bounded search ends at its label budget (unproven, or with no plan at all) leaves the
+    front unproven: `complete` is false, never a claim that the walk reached every point."""
+    from prismn.placement import pareto
+
+    sw = random_swarm(700, 14)
+    assert len(pareto_front(SPEC_1B, sw, max_points=10_000).plans) >= 3
+    monkeypatch.setattr(pareto, "PARETO_POPS", 0)
+    assert not pareto_front(SPEC_1B, sw, max_points=10_000).complete
+    # the next point's search ends at its budget with no plan found at all: still not a proof
+    real = Engine.solve
+
+    def gives_up(self, wl, wc, s_metric, bound_s=None, **kw):
+        if bound_s is None:
+            return real(self, wl, wc, s_metric, **kw)
+        self.gave_up = True
+        return None
+
+    monkeypatch.setattr(Engine, "solve", gives_up)
+    front = pareto_front(SPEC_1B, sw, max_points=10_000)
+    assert len(front.plans) == 2 and not front.complete
 
 
 @pytest.mark.slow

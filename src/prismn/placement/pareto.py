@@ -54,6 +54,8 @@ def pareto_front(spec: ModelSpec, swarm: Swarm, options: CostOptions | None = No
             if stepped is not None:
                 sol, skipped = stepped, True
         if sol is None or sol.latency_s >= prev:
+            # no faster plan: a proof, unless the search stopped at its budget before it found one
+            complete &= not (sol is None and engine.gave_up)
             break
         complete &= sol.proven
         sols.append(sol)
