@@ -4,6 +4,7 @@ with estimated and measured RTTs, at batch 1 and at load, bounded and unbounded.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from prismn.model import load_model_spec
@@ -170,3 +171,43 @@ def test_lagrangian_interval_bounds_keep_the_proof_exact(seed, n):
     ev = _check(random_swarm(500 + seed, n, vram=(0.3, 1.2)), CostOptions())
     s = ev.plan.notes["search"]
     assert s["method"] == "wall-time intervals" and s["duals"] > 0
+
+
+@pytest.mark.parametrize("seed", fast_sample(range(4), 2))
+def test_peer_lower_bounds_hold_for_every_plan_through_the_peer(seed):
+    """reserved.peer_lower_bounds (with its split by wall time) never exceeds the reserved carbon of any
+    plan that uses the peer: every elementary plan of a 4-peer swarm, enumerated."""
+    import itertools
+    import math
+
+    from prismn.placement.optimal import Engine
+    from prismn.placement.reserved import peer_lower_bounds, split_lower_bounds
+
+    sw = random_swarm(580 + seed, 4, vram=(1.0, 2.5))
+    eng = Engine(SPEC_1B, sw, CostOptions(), "reserved")
+    fastest = eng.solve(1.0, 0.0, "carbon")
+    if fastest is None:
+        pytest.skip("no plan fits this swarm")
+    inst, L = eng.inst, eng.L
+    best = {q: math.inf for q in range(inst.n)}
+    for k in range(1, inst.n + 1):
+        for peers in itertools.permutations(range(inst.n), k):
+            for cuts in itertools.combinations(range(1, L), k - 1):
+                ns = [b - a for a, b in zip((0, *cuts), (*cuts, L), strict=True)]
+                roles = ["only"] if k == 1 else ["first"] + ["middle"] * (k - 2) + ["last"]
+                if any(n > inst.caps[r][p] for p, n, r in zip(peers, ns, roles, strict=True)):
+                    continue
+                f = eng.reserved_carbon(list(zip(peers, ns, roles, strict=True)))
+                for p in peers:
+                    best[p] = min(best[p], f)
+    omega0 = fastest.latency_s  # proven fastest: no plan's wall time is below it
+    assert fastest.proven
+    lb = peer_lower_bounds(eng, 0.0, 1.0, omega0)
+    lat_lb = eng.peer_lower_bounds(1.0, 0.0)
+    split = split_lower_bounds(eng, eng.usable, np.maximum(lat_lb[eng.usable], omega0), omega0)
+    assert any(math.isfinite(v) for v in best.values())
+    for i, q in enumerate(eng.usable):
+        assert lb[q] <= best[q] * (1 + 1e-9) and split[i] <= best[q] * (1 + 1e-9)
+    # and the bound is not vacuous: on the optimum's own peers it is more than half of the optimum
+    opt = min(best.values())
+    assert max(lb[q] for q in eng.usable if best[q] == opt) > 0.5 * opt

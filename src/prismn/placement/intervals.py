@@ -34,7 +34,16 @@ import numpy as np
 
 from prismn.placement.instance import ROLES
 from prismn.placement.knapsack import solve_order_free
-from prismn.placement.search import INF, Costs, Search, cheapest_fill, dssr, relaxed_bounds, through_bounds
+from prismn.placement.search import (
+    INF,
+    Costs,
+    Search,
+    cheapest_fill,
+    dssr,
+    relaxed_bounds,
+    stage_and_fill,
+    through_bounds,
+)
 
 MAX_SUBSOLVES = 400  # intervals one solve may bound (deterministic budget)
 SUB_POPS = 3_000  # labels of one W-bounded search (when the knapsack's set is too slow for its interval)
@@ -220,11 +229,8 @@ class IntervalSearch:
         fmin = np.minimum.reduce([np.where(caps[r] >= 1, F[r], INF) for r in ROLES])
         rate = np.where(ok, R + fmin / cap1, INF)
         N = cheapest_fill(rate, np.where(ok, cap1, 0), L)
-        lb = np.full(len(R), INF)
         only = np.where(caps["only"] >= L, F["only"] + L * R, INF)
-        for n in range(1, L):
-            lb = np.where(capx >= n, np.minimum(lb, fmin + n * R + N[L - n]), lb)
-        lb = np.minimum(lb, only)
+        lb = np.minimum(fmin + stage_and_fill(R, capx, N, L), only)
         return np.nonzero(lb < ub * (1 + 1e-9))[0]
 
     # ---- the branch and bound ----------------------------------------------------------------------

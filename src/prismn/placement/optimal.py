@@ -51,6 +51,7 @@ from prismn.placement.search import (
     cheapest_fill,
     dssr,
     relaxed_bounds,
+    stage_and_fill,
     through_bounds,
 )
 from prismn.swarm import Swarm
@@ -175,10 +176,7 @@ class Engine:
         fe_min = float(fe.min()) if len(fe) else INF
         fh_min = float(fh.min()) if len(fh) else INF
         d = self.dist[u]
-        best = np.full(len(u), INF)
-        for n in range(1, L):
-            v = n * R + N[L - n]
-            best = np.where(capM >= n, np.minimum(best, v), best)
+        best = stage_and_fill(R, capM, N, L)
         multi = best + fe_min + fh_min + wl * (2 * self.tok_lb + self.act_lb + 2 * d)
         only = np.where(inst.caps["only"][u] >= L, L * R + F["only"] + wl * (2 * self.tok_lb + 2 * d), INF)
         lb[u] = np.minimum(multi, only)

@@ -41,7 +41,7 @@ import numpy as np
 
 from prismn.placement.instance import ROLES
 from prismn.placement.knapsack import solve_order_free
-from prismn.placement.search import INF, Costs, cheapest_fill, relaxed_bounds, through_bounds
+from prismn.placement.search import INF, Costs, cheapest_fill, relaxed_bounds, stage_and_fill, through_bounds
 
 FASTEST_POPS, FASTEST_CELLS = 3_000, 2e8  # budget of the fastest-plan solve that gives the wall-time floor
 MAX_CANDIDATES = 1_200  # peers the search itself takes (best lower bounds first); beyond: not proven
@@ -371,13 +371,49 @@ def peer_lower_bounds(engine, wl: float, wc: float, omega0: float) -> np.ndarray
     fh_min = float(fh.min()) if len(fh) else INF
     d = engine.dist[u]
     best = np.full(len(u), INF)
-    for n in range(1, L):
-        best = np.where(capM >= n, np.minimum(best, n * R + fills[gk, L - n]), best)
+    for k in np.unique(gk):  # each peer's fill at its own grid point
+        at = gk == k
+        best[at] = stage_and_fill(R[at], capM[at], fills[k], L)
     multi = best + fe_min + fh_min + wl * (2 * engine.tok_lb + engine.act_lb + 2 * d) + wc * alpha * w_q
     only = np.where(inst.caps["only"][u] >= L, L * R + F["only"] + wl * (2 * engine.tok_lb + 2 * d) + wc * alpha * w_q,
                     INF)
     lb[u] = np.minimum(multi, only)
+    if wc:  # latency >= lat_lb and f >= the bound split by wall time: the sum of the two bounds holds too
+        lb[u] = np.maximum(lb[u], wl * lat_lb + wc * split_lower_bounds(engine, u, w_q, omega0))
     return lb
+
+
+SPLIT_RATIO, SPLIT_TOP = 1.05, 8.0  # wall-time intervals of the split peer bound: omega0 x 1.2^k up to 8 omega0
+
+
+def split_lower_bounds(engine, u: np.ndarray, floor: np.ndarray, omega0: float) -> np.ndarray:
+    """f of every plan that uses peer u[i] is at least the result's [i]: the per-peer bound above, split by
+    wall time as the intervals are. A plan with W in [t, t') only uses peers whose floor (the least wall
+    time of any plan through them) is below t', and reserves each of them for at least t: so the fill
+    of the other layers draws only on peers fast enough for the interval, each at alpha x t spread over
+    its capacity. The fast intervals admit few (dirty, fast) peers; the slow ones pay alpha x t on every
+    stage. The least over the intervals that q itself fits bounds every plan through q."""
+    inst, L = engine.inst, engine.L
+    alpha, Rb = inst.alpha[u], inst.reserved.per_layer[u]
+    Fb = {r: inst.reserved.fixed[r][u] for r in ROLES}
+    caps = {r: inst.caps[r][u] for r in ROLES}
+    capM = caps["middle"]
+    grid = list(omega0 * SPLIT_RATIO ** np.arange(int(np.ceil(np.log(SPLIT_TOP) / np.log(SPLIT_RATIO))) + 1))
+    out = np.full(len(u), INF)
+    for k, t in enumerate(grid):
+        t_next = grid[k + 1] if k + 1 < len(grid) else INF
+        ok = floor < t_next * (1 + 1e-12)  # peers a plan with W < t_next can use
+        if not ok.any():
+            continue
+        N = cheapest_fill(np.where(ok, Rb + t * alpha / np.maximum(capM, 1), INF), np.where(ok, capM, 0), L)
+        fe = Fb["first"][ok & (caps["first"] >= 1)]
+        fh = Fb["last"][ok & (caps["last"] >= 1)]
+        ends = (float(fe.min()) if len(fe) else INF) + (float(fh.min()) if len(fh) else INF)
+        own = alpha * np.maximum(t, floor)  # q itself is reserved for at least max(t, its own floor)
+        best = stage_and_fill(Rb, capM, N, L)
+        only = np.where(caps["only"] >= L, L * Rb + Fb["only"], INF)
+        out = np.minimum(out, np.where(ok, np.minimum(best + ends, only) + own, INF))
+    return out
 
 
 def tie_candidates(engine, fastest) -> np.ndarray | None:

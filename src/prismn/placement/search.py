@@ -66,6 +66,21 @@ def cheapest_fill(rate: np.ndarray, cap: np.ndarray, L: int) -> np.ndarray:
     return N
 
 
+def stage_and_fill(rate: np.ndarray, cap: np.ndarray, N: np.ndarray, L: int) -> np.ndarray:
+    """min over 1 <= n <= min(cap, L - 1) of n x rate + N[L - n], elementwise: a peer's own stage of n
+    layers plus the cheapest fill of the rest (N from cheapest_fill). N is convex (its marginal rates
+    rise), so the best fill size is where the fill's next layer stops being cheaper than `rate`: one
+    binary search per peer instead of a pass per n. INF where cap < 1 or nothing fits."""
+    finite = np.isfinite(N)
+    marg = np.where(finite[1:], N[1:] - np.where(finite[:-1], N[:-1], 0.0), INF)  # N[k+1] - N[k]
+    k = np.searchsorted(marg, rate, side="left")  # the fill size past which its layers cost >= rate
+    lo = L - np.clip(cap, 1, max(L - 1, 1))  # n <= cap and n <= L - 1  <=>  k >= lo, k <= L - 1
+    k = np.clip(k, lo, L - 1)
+    with np.errstate(invalid="ignore"):
+        val = (L - k) * rate + N[k]
+    return np.where((cap >= 1) & (L >= 2) & np.isfinite(val), val, INF)
+
+
 def relaxed_bounds(c: Costs, caps: dict[str, np.ndarray], L: int) -> Bounds:
     """Backward DP of the relaxation (peers may repeat, never twice in a row). O(L*m^2 + L^2*m)."""
     m = len(c.R)
