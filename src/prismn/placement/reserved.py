@@ -379,7 +379,7 @@ def peer_lower_bounds(engine, wl: float, wc: float, omega0: float) -> np.ndarray
                     INF)
     lb[u] = np.minimum(multi, only)
     if wc:  # latency >= lat_lb and f >= the bound split by wall time: the sum of the two bounds holds too
-        lb[u] = np.maximum(lb[u], wl * lat_lb + wc * split_lower_bounds(engine, u, w_q, omega0))
+        lb[u] = np.maximum(lb[u], (wl * lat_lb if wl else 0.0) + wc * split_lower_bounds(engine, u, w_q, omega0))
     return lb
 
 
