@@ -61,7 +61,20 @@ def test_reserved_carbon_within_a_latency_bound_matches_milp(seed):
     fastest = evaluate_plan(plan_optimal(SPEC_1B, sw, Objective("latency")), SPEC_1B, sw)
     if not fastest.feasible:
         pytest.skip("no plan fits")
-    _check(sw, CostOptions(), fastest.metrics["latency_ms_per_token"] * 1.2)
+    ev = _check(sw, CostOptions(), fastest.metrics["latency_ms_per_token"] * 1.2)
+    if ev is not None:  # at batch 1 the latency bound is a wall-time bound: the intervals solve it
+        assert ev.plan.notes["search"]["method"] == "wall-time intervals"
+
+
+@pytest.mark.parametrize("seed,slack", fast_sample([(s, k) for s in range(4) for k in (1.02, 1.1, 1.5)], 2))
+def test_latency_bounded_carbon_by_intervals_matches_milp(seed, slack):
+    """Least reserved carbon with latency <= slack x the fastest plan's, on swarms of 9 peers: the wall-time
+    intervals capped at the bound, against the MILP (including bounds no plan but the fastest meets)."""
+    sw = random_swarm(600 + seed, 9, vram=(0.3, 1.2))
+    fastest = evaluate_plan(plan_optimal(SPEC_1B, sw, Objective("latency")), SPEC_1B, sw)
+    if not fastest.feasible:
+        pytest.skip("no plan fits")
+    _check(sw, CostOptions(), fastest.metrics["latency_ms_per_token"] * slack)
 
 
 def test_default_scope_is_reserved_and_beats_the_compute_time_plan_on_it():

@@ -60,7 +60,7 @@ SPLIT_MIN = 1e-3  # intervals narrower than this (relative) are split at the arg
 class IntervalSearch:
     """min f over plans on candidates `idx` (peer indices), given an incumbent; see module doc."""
 
-    def __init__(self, engine, idx: np.ndarray, omega0: float, floor: np.ndarray):
+    def __init__(self, engine, idx: np.ndarray, omega0: float, floor: np.ndarray, w_max: float = INF):
         inst = self.inst = engine.inst
         self.engine = engine
         self.idx, self.L = idx, inst.L
@@ -71,6 +71,7 @@ class IntervalSearch:
         self.Rb, self.Fb = inst.reserved.per_layer[idx], {r: inst.reserved.fixed[r][idx] for r in ROLES}
         self.alpha = inst.alpha[idx]
         self.omega0 = omega0
+        self.w_max = w_max  # a bound on the wall time (at batch 1 the latency bound): no plan above it counts
         wall = Costs(self.Rw, self.Fw, self.HW)
         self.wall_costs = wall
         floor = np.maximum(floor, omega0)
@@ -110,8 +111,8 @@ class IntervalSearch:
 
     def offer(self, path: list[tuple[int, int, str]]) -> None:
         """A plan met on the way (a knapsack's set in its fastest order, a search's result): keep the best."""
-        f = self.evaluate(path)[3]
-        if f < self.U:
+        w, _, _, f = self.evaluate(path)
+        if f < self.U and w <= self.w_max:
             self.best, self.U = list(path), f
 
     def fastest_order(self, path: list[tuple[int, int, str]]) -> list[tuple[int, int, str]]:
@@ -234,12 +235,17 @@ class IntervalSearch:
         return np.nonzero(lb < ub * (1 + 1e-9))[0]
 
     # ---- the branch and bound ----------------------------------------------------------------------
-    def run(self, incumbent: list[tuple[int, int, str]], max_subsolves: int = MAX_SUBSOLVES):
-        """incumbent: a plan over local indices. Returns (path, f, proven, lower bound)."""
-        self.offer(incumbent)
+    def run(self, incumbent: list[tuple[int, int, str]] | None, max_subsolves: int = MAX_SUBSOLVES):
+        """incumbent: a plan over local indices, or None. Returns (path, f, proven, lower bound); path None
+        and proven: no plan has W <= w_max."""
+        if incumbent is not None:
+            self.offer(incumbent)
         U = self.U
-        a_min = float(self.alpha.min())
+        a_min = float(self.alpha.min()) if self.m else 0.0
         tmax = U / a_min if a_min > 0 else INF  # f < U needs A W < U, A >= a_min
+        tmax = min(tmax, self.w_max)
+        if not self.m or tmax < self.omega0:
+            return self.best, U, True, U
         heap: list[tuple[float, float, float]] = [(-INF, self.omega0, tmax)]
         stuck = INF  # the least bound of an interval whose search hit its budget (left open)
         while heap:

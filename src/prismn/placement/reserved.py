@@ -524,20 +524,25 @@ def solve_reserved(engine, wl: float, wc: float, bl: float | None, bf: float | N
     pos = {int(p): i for i, p in enumerate(cand)}
     inc = [(pos[p], n, r) for p, n, r in best] if best is not None else None
     interval_lower = -INF
-    if wc and not wl and bl is None and bf is None and inc is not None:
-        # least carbon: branch and bound over the wall time (intervals.py), each interval a linear problem
+    by_intervals = False
+    # least carbon, unbounded or (at batch 1, where the wall time is the latency) with a latency bound:
+    # branch and bound over the wall time (intervals.py), each interval a linear problem
+    if wc and not wl and bf is None and (bl is None or inst.batch == 1) and (inc is not None or bl is not None):
         from prismn.placement.intervals import IntervalSearch
 
-        it = IntervalSearch(engine, cand, omega0, lat_lbq[cand])
+        it = IntervalSearch(engine, cand, omega0, lat_lbq[cand], INF if bl is None else bl * (1 + 1e-12))
         path, val, proven, interval_lower = it.run(inc)
         stats.update({"method": "wall-time intervals", "subsolves": it.subsolves, "duals": it.duals,
                       "interval_pops": it.pops,
                       "interval_labels": it.labels})
+        if proven and path is None:  # every interval closed without a plan: none meets the bound
+            engine.gave_up = dropped_lb < INF  # ... among the candidates; a left-out peer proves nothing
+            return None
         if proven:
-            res = (path, val, True, val, 0)
+            res, by_intervals = (path, val, True, val, 0), True
         else:
             inc = path
-    if not (wc and not wl and bl is None and bf is None and inc is not None and proven):
+    if not by_intervals:
         s = ReservedSearch(inst, cand, wl, wc, omega0, bl, bf, lat_lbq[cand])
         if wc and best is not None:  # a plan costing <= best has A x omega0 <= f, so A <= best / (wc omega0)
             s.weighted_tables(best_val / (wc * omega0) if omega0 > 0 else 0.0)
