@@ -109,11 +109,13 @@ class IntervalSearch:
         W += self.HW[src, m]
         return W, A, B, A * W + B
 
-    def offer(self, path: list[tuple[int, int, str]]) -> None:
-        """A plan met on the way (a knapsack's set in its fastest order, a search's result): keep the best."""
+    def offer(self, path: list[tuple[int, int, str]]) -> float:
+        """A plan met on the way (a knapsack's set in its fastest order, a search's result): keep the best.
+        Returns the plan's wall time."""
         w, _, _, f = self.evaluate(path)
         if f < self.U and w <= self.w_max:
             self.best, self.U = list(path), f
+        return w
 
     def fastest_order(self, path: list[tuple[int, int, str]]) -> list[tuple[int, int, str]]:
         from prismn.placement.optimal import _sub_hops, best_order
@@ -141,8 +143,7 @@ class IntervalSearch:
         if path is None or value >= ub * (1 - REL):
             return value, None, True
         path = self.fastest_order([(int(sub[q]), n, r) for q, n, r in path])
-        self.offer(path)
-        if self.evaluate(path)[0] <= tb * (1 + REL):
+        if self.offer(path) <= tb * (1 + REL):
             return value, path, True
         dual = self._dual(sub, R, F, caps, tb, ub, value, path)
         if dual >= ub * (1 - REL):
@@ -177,16 +178,14 @@ class IntervalSearch:
         """max over mu >= 0 of min over sets [cost + mu x (Wlb(set) - tb)] (a lower bound on LB(ta, tb):
         every plan with W <= tb has Wlb <= tb), by the cutting-plane (Kelley) method on the lines of the
         sets found. Each set found is offered as a plan (in its fastest order)."""
-        wr = {r: self.w_role[r][sub] for r in ROLES}
+        def wlb(p):  # over candidate indices
+            return sum(self.w_role[r][q] for q, _, r in p) + sum(n * self.Rw[q] for q, n, _ in p)
 
-        def wlb(p):
-            return sum(wr[r][q] for q, _, r in p) + sum(n * self.Rw[sub][q] for q, n, _ in p)
-
-        local = {int(q): k for k, q in enumerate(sub)}
-        lines = [(v0, wlb([(local[q], n, r) for q, n, r in path0]) - tb)]  # (cost, Wlb - tb) of each set
+        lines = [(v0, wlb(path0) - tb)]  # (cost, Wlb - tb) of each set
         if lines[0][1] <= 0:  # the knapsack's own set meets the relaxed constraint: mu = 0 is the dual optimum
             return v0
         # the set of least Wlb (the line that falls fastest): if even it exceeds tb, no plan fits the interval
+        wr = {r: self.w_role[r][sub] for r in ROLES}
         Rw = self.Rw[sub]
         fast, wmin = solve_order_free(Rw, wr, caps, self.L)
         self.duals += 1
@@ -215,10 +214,11 @@ class IntervalSearch:
             c = sum(F[r][q] + n * R[q] for q, n, r in p)
             dual = v - mu * tb
             best_dual = max(best_dual, dual)
-            self.offer(self.fastest_order([(int(sub[q]), n, r) for q, n, r in p]))
+            found = [(int(sub[q]), n, r) for q, n, r in p]
+            self.offer(self.fastest_order(found))
             if best_dual >= ub * (1 - REL) or top - dual <= REL * max(abs(top), 1e-300):
                 break  # the interval closes, or the dual is at its optimum (the new line is on the envelope)
-            lines.append((c, wlb(p) - tb))
+            lines.append((c, wlb(found) - tb))
         return best_dual
 
     def _filter(self, R, F, caps, ub: float) -> np.ndarray:

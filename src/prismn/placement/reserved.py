@@ -383,7 +383,7 @@ def peer_lower_bounds(engine, wl: float, wc: float, omega0: float) -> np.ndarray
     return lb
 
 
-SPLIT_RATIO, SPLIT_TOP = 1.05, 8.0  # wall-time intervals of the split peer bound: omega0 x 1.2^k up to 8 omega0
+SPLIT_RATIO, SPLIT_TOP = 1.05, 8.0  # wall-time intervals of the split peer bound: omega0 x 1.05^k up to 8 omega0
 
 
 def split_lower_bounds(engine, u: np.ndarray, floor: np.ndarray, omega0: float) -> np.ndarray:
@@ -399,6 +399,7 @@ def split_lower_bounds(engine, u: np.ndarray, floor: np.ndarray, omega0: float) 
     caps = {r: inst.caps[r][u] for r in ROLES}
     capM = caps["middle"]
     grid = list(omega0 * SPLIT_RATIO ** np.arange(int(np.ceil(np.log(SPLIT_TOP) / np.log(SPLIT_RATIO))) + 1))
+    only = np.where(caps["only"] >= L, L * Rb + Fb["only"], INF)  # q alone, whatever the interval
     out = np.full(len(u), INF)
     for k, t in enumerate(grid):
         t_next = grid[k + 1] if k + 1 < len(grid) else INF
@@ -411,7 +412,6 @@ def split_lower_bounds(engine, u: np.ndarray, floor: np.ndarray, omega0: float) 
         ends = (float(fe.min()) if len(fe) else INF) + (float(fh.min()) if len(fh) else INF)
         own = alpha * np.maximum(t, floor)  # q itself is reserved for at least max(t, its own floor)
         best = stage_and_fill(Rb, capM, N, L)
-        only = np.where(caps["only"] >= L, L * Rb + Fb["only"], INF)
         out = np.minimum(out, np.where(ok, np.minimum(best + ends, only) + own, INF))
     return out
 

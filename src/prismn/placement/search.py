@@ -484,7 +484,8 @@ def _dssr_tables(c: Costs, caps: dict[str, np.ndarray], L: int, theta: list[int]
         if nmax >= 1:
             ns = np.arange(1, nmax + 1)[None, :, None]
             ok = ns <= capM[None, None, :]
-            cand = np.where(ok, ns * c.R[None, None, :] + h[:, j + 1:j + 1 + nmax, :], INF)
+            nR = ns * c.R[None, None, :]
+            cand = np.where(ok, nR + h[:, j + 1:j + 1 + nmax, :], INF)
             k = cand.argmin(axis=1)  # (T, m): layers - 1 of the best middle stage
             mid = c.F["middle"][None, :] + cand[Sg, k, qg]
             mid_next = nxt[Sg, j + 1 + k, qg]
@@ -494,7 +495,7 @@ def _dssr_tables(c: Costs, caps: dict[str, np.ndarray], L: int, theta: list[int]
             # the best continuation whose next peer is not s1 (what a predecessor equal to s1 may take)
             h_ex = np.where(nxt[:, j + 1:j + 1 + nmax, :] != s1[:, None, :], h[:, j + 1:j + 1 + nmax, :],
                             h2[:, j + 1:j + 1 + nmax, :])
-            mid2 = c.F["middle"][None, :] + np.where(ok, ns * c.R[None, None, :] + h_ex, INF).min(axis=1)
+            mid2 = c.F["middle"][None, :] + np.where(ok, nR + h_ex, INF).min(axis=1)
             U2 = np.where(s1 >= 0, np.minimum(last, mid2), U1)
         E1, E2, Es = effective(U1), effective(U2), effective(s1, -1)
         if m <= 1:
