@@ -446,90 +446,22 @@ def _dssr_tables(c: Costs, caps: dict[str, np.ndarray], L: int, theta: list[int]
     cost-to-go h1 with its next peer `nxt` and the best h2 whose next peer differs; a predecessor o of p
     reads h1 unless nxt is o itself, then h2.
     Returns (h1, h2, nxt) each (T, L+1, m), the client row, and theta's bit per peer."""
+    from prismn.placement.compiled import dssr_tables  # compiled on first use, then cached on disk
+
     m = len(c.R)
-    t = len(theta)
-    T = 1 << t
-    bit = np.full(m, -1)
+    bit = np.full(m, -1, dtype=np.int64)
     for k, q in enumerate(theta):
         bit[q] = k
-    in_theta = bit >= 0
-    S_ids = np.arange(T)
-    h = np.full((T, L + 1, m), INF)
-    h2 = np.full((T, L + 1, m), INF)
-    nxt = np.full((T, L + 1, m), -1)  # -1: the client (or no known next peer): never a 2-cycle
-    capM, capH = caps["middle"], caps["last"]
-    Wpp = c.W[:m, :m]
     to_client = c.W[:m, m]
-    th_q = np.nonzero(in_theta)[0]
-    th_b = bit[th_q]
     off = ~np.eye(m, dtype=bool)
-    free_hops = m > 1 and not np.any(Wpp[off]) and not np.any(c.W[m, :m]) and not np.any(to_client)
-    Sg, qg = S_ids[:, None], np.arange(m)[None, :]  # index grids over (S, peer)
-
-    has = ((S_ids[:, None] >> th_b[None, :]) & 1) == 1  # (T, |theta|): theta peer already used in S
-    after = S_ids[:, None] | (1 << th_b[None, :])  # the state after using it
-
-    def effective(U, fill=INF):  # U[S', q] with S' = S | bit(q) -> value seen from state S (read only)
-        if not len(th_q):
-            return U
-        E = U.copy()
-        E[:, th_q] = np.where(has, fill, U[after, th_q[None, :]])
-        return E
-
-    for j in range(L - 1, 0, -1):
-        n_last = L - j
-        last = np.broadcast_to(np.where(capH >= n_last, n_last * c.R + c.F["last"] + to_client, INF), (T, m))
-        U1, U2, s1 = last.copy(), last.copy(), np.full((T, m), -1)
-        nmax = L - 1 - j
-        if nmax >= 1:
-            ns = np.arange(1, nmax + 1)[None, :, None]
-            ok = ns <= capM[None, None, :]
-            nR = ns * c.R[None, None, :]
-            cand = np.where(ok, nR + h[:, j + 1:j + 1 + nmax, :], INF)
-            k = cand.argmin(axis=1)  # (T, m): layers - 1 of the best middle stage
-            mid = c.F["middle"][None, :] + cand[Sg, k, qg]
-            mid_next = nxt[Sg, j + 1 + k, qg]
-            better = mid < U1
-            U1 = np.where(better, mid, U1)
-            s1 = np.where(better, mid_next, -1)
-            # the best continuation whose next peer is not s1 (what a predecessor equal to s1 may take)
-            h_ex = np.where(nxt[:, j + 1:j + 1 + nmax, :] != s1[:, None, :], h[:, j + 1:j + 1 + nmax, :],
-                            h2[:, j + 1:j + 1 + nmax, :])
-            mid2 = c.F["middle"][None, :] + np.where(ok, nR + h_ex, INF).min(axis=1)
-            U2 = np.where(s1 >= 0, np.minimum(last, mid2), U1)
-        E1, E2, Es = effective(U1), effective(U2), effective(s1, -1)
-        if m <= 1:
-            continue
-        if free_hops:  # min over q != p: the best, or the second best where the best is p itself
-            k1 = E1.argmin(axis=1)
-            v1 = E1[S_ids, k1]
-            E1b = E1.copy()
-            E1b[S_ids, k1] = INF
-            v2 = E1b.min(axis=1)
-            row = np.broadcast_to(v1[:, None], (T, m)).copy()
-            row[S_ids, k1] = v2
-            h[:, j, :] = row
-            h2[:, j, :] = row  # no next peer is tracked here (nxt stays -1): 2-cycles are not excluded
-            continue
-        M = Wpp[None, :, :] + E1[:, None, :]  # (T, p, q)
-        si, qi = np.nonzero(Es >= 0)  # q's best continuation goes on to p = Es: from p, q offers E2
-        pi = Es[si, qi]
-        M[si, pi, qi] = Wpp[pi, qi] + E2[si, qi]
-        q1 = M.argmin(axis=2)
-        best = M[Sg, qg, q1]
-        h[:, j, :] = best
-        nxt[:, j, :] = np.where(np.isfinite(best), q1, -1)
-        M[Sg, qg, q1] = INF
-        h2[:, j, :] = M.min(axis=2)
-    # from the client (S = empty): first or only stage
-    first = np.full((T, m), INF)
-    if L >= 2:
-        ns = np.arange(1, L)[None, :, None]
-        cand = np.where(ns <= caps["first"][None, None, :], ns * c.R[None, None, :] + h[:, 1:L, :], INF)
-        first = c.F["first"][None, :] + cand.min(axis=1)
-    only = np.broadcast_to(np.where(caps["only"] >= L, L * c.R + c.F["only"] + to_client, INF), (T, m))
-    E0 = effective(np.minimum(first, only))[0]
-    return (h, h2, nxt), c.W[m, :m] + E0, bit
+    free_hops = m > 1 and not np.any(c.W[:m, :m][off]) and not np.any(c.W[m, :m]) and not np.any(to_client)
+    f64 = lambda x: np.ascontiguousarray(x, dtype=np.float64)  # noqa: E731
+    i64 = lambda x: np.ascontiguousarray(x, dtype=np.int64)  # noqa: E731
+    h, h2, nxt, root_row = dssr_tables(
+        f64(c.R), f64(c.F["first"]), f64(c.F["middle"]), f64(c.F["last"]), f64(c.F["only"]), f64(c.W),
+        i64(caps["first"]), i64(caps["middle"]), i64(caps["last"]), i64(caps["only"]), int(L), bit,
+        1 << len(theta), bool(free_hops))
+    return (h, h2, nxt), root_row, bit
 
 
 def _dssr_path(c: Costs, caps, L, tables, root_row, bit) -> list[tuple[int, int, str]]:

@@ -1,0 +1,132 @@
+"""Compiled inner loops of the placement search (numba).
+
+The decremental state-space relaxation fills tables of (T states) x (L+1 layer positions) x (m peers)
+backwards over the layers. In numpy each layer position is ~25 array calls on small arrays, so a
+1,000-peer latency solve spent most of its time on call overhead. Here the same recurrence runs as
+plain loops, compiled once per machine (numba caches the machine code beside this file). Every
+comparison is written so that ties resolve to the lowest index, as numpy's argmin does: the tables
+are identical to the numpy formulation, which `search._dssr_tables` documents.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+INF = np.inf
+
+
+@njit(cache=True)
+def _effective(U, S, q, bit, fill):
+    """U[S | bit(q), q]: q's value seen from state S (fill when S has already used q)."""
+    b = bit[q]
+    if b < 0:
+        return U[S, q]
+    if (S >> b) & 1:
+        return fill
+    return U[S | (1 << b), q]
+
+
+@njit(cache=True)
+def dssr_tables(R, Ff, Fm, Fl, Fo, W, capF, capM, capH, capO, L, bit, T, free_hops):
+    """(h, h2, nxt, root_row): see search._dssr_tables for the recurrence and its meaning."""
+    m = R.shape[0]
+    h = np.full((T, L + 1, m), INF)
+    h2 = np.full((T, L + 1, m), INF)
+    nxt = np.full((T, L + 1, m), -1, dtype=np.int64)
+    U1 = np.empty((T, m))
+    U2 = np.empty((T, m))
+    s1 = np.empty((T, m), dtype=np.int64)
+    E1 = np.empty(m)
+    E2 = np.empty(m)
+    Es = np.empty(m, dtype=np.int64)
+    M = np.empty(m)
+    for j in range(L - 1, 0, -1):
+        n_last = L - j
+        nmax = L - 1 - j
+        for S in range(T):
+            for q in range(m):
+                last = n_last * R[q] + Fl[q] + W[q, m] if capH[q] >= n_last else INF
+                u1 = last
+                nx = -1
+                if nmax >= 1:
+                    top = min(nmax, capM[q])
+                    best = INF
+                    k = -1
+                    for n in range(1, top + 1):
+                        v = n * R[q] + h[S, j + n, q]
+                        if v < best:
+                            best, k = v, n
+                    if k > 0:
+                        mid = Fm[q] + best
+                        if mid < u1:
+                            u1 = mid
+                            nx = nxt[S, j + k, q]
+                    if nx >= 0:  # the best continuation whose next peer is not nx
+                        best2 = INF
+                        for n in range(1, top + 1):
+                            hv = h[S, j + n, q] if nxt[S, j + n, q] != nx else h2[S, j + n, q]
+                            v = n * R[q] + hv
+                            if v < best2:
+                                best2 = v
+                        mid2 = Fm[q] + best2
+                        U2[S, q] = last if last < mid2 else mid2
+                    else:
+                        U2[S, q] = u1
+                else:
+                    U2[S, q] = u1
+                U1[S, q] = u1
+                s1[S, q] = nx
+        if m <= 1:
+            continue
+        for S in range(T):
+            for q in range(m):
+                E1[q] = _effective(U1, S, q, bit, INF)
+                E2[q] = _effective(U2, S, q, bit, INF)
+                Es[q] = _effective(s1, S, q, bit, -1)
+            if free_hops:  # min over q != p: the best, or the second best where the best is p itself
+                k1 = 0
+                for q in range(1, m):
+                    if E1[q] < E1[k1]:
+                        k1 = q
+                v2 = INF
+                for q in range(m):
+                    if q != k1 and E1[q] < v2:
+                        v2 = E1[q]
+                for p in range(m):
+                    v = v2 if p == k1 else E1[k1]
+                    h[S, j, p] = v
+                    h2[S, j, p] = v  # no next peer is tracked here (nxt stays -1)
+                continue
+            for p in range(m):
+                for q in range(m):
+                    M[q] = W[p, q] + (E2[q] if Es[q] == p else E1[q])
+                q1 = 0
+                for q in range(1, m):
+                    if M[q] < M[q1]:
+                        q1 = q
+                best = M[q1]
+                h[S, j, p] = best
+                nxt[S, j, p] = q1 if best < INF else -1
+                v2 = INF
+                for q in range(m):
+                    if q != q1 and M[q] < v2:
+                        v2 = M[q]
+                h2[S, j, p] = v2
+    # from the client (S = empty): first or only stage
+    root_row = np.empty(m)
+    for q in range(m):
+        b = bit[q]
+        S = (1 << b) if b >= 0 else 0
+        first = INF
+        if L >= 2:
+            top = min(L - 1, capF[q])
+            best = INF
+            for n in range(1, top + 1):
+                v = n * R[q] + h[S, n, q]
+                if v < best:
+                    best = v
+            first = Ff[q] + best
+        only = L * R[q] + Fo[q] + W[q, m] if capO[q] >= L else INF
+        root_row[q] = W[m, q] + (first if first < only else only)
+    return h, h2, nxt, root_row
