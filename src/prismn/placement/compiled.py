@@ -130,3 +130,46 @@ def dssr_tables(R, Ff, Fm, Fl, Fo, W, capF, capM, capH, capO, L, bit, T, free_ho
         only = L * R[q] + Fo[q] + W[q, m] if capO[q] >= L else INF
         root_row[q] = W[m, q] + (first if first < only else only)
     return h, h2, nxt, root_row
+
+
+@njit(cache=True)
+def knapsack_table(R, Fm, Ff, Fl, capM, capF, capL, L):
+    """C[p + 1, s, j]: the least cost over peers 0..p with j layers placed and end roles s taken (0 none,
+    1 first, 2 last, 3 both); see knapsack.solve_order_free. A stage of n layers on p costs F + n R."""
+    m = R.shape[0]
+    C = np.full((m + 1, 4, L + 1), INF)
+    C[0, 0, 0] = 0.0
+    for p in range(m):
+        for s in range(4):
+            for j in range(L + 1):
+                C[p + 1, s, j] = C[p, s, j]
+        for role in range(3):  # middle: any state to itself; first: none/last -> +first; last: none/first -> +last
+            if role == 0:
+                cap, F = capM[p], Fm[p]
+            elif role == 1:
+                cap, F = capF[p], Ff[p]
+            else:
+                cap, F = capL[p], Fl[p]
+            cap = min(cap, L)
+            if cap < 1:
+                continue
+            for s in range(4):
+                if role == 0:
+                    d = s
+                elif role == 1:
+                    if s & 1:
+                        continue
+                    d = s | 1
+                else:
+                    if s & 2:
+                        continue
+                    d = s | 2
+                for j in range(1, L + 1):
+                    best = INF
+                    for n in range(1, min(cap, j) + 1):
+                        v = C[p, s, j - n] + (F + n * R[p])
+                        if v < best:
+                            best = v
+                    if best < C[p + 1, d, j]:
+                        C[p + 1, d, j] = best
+    return C

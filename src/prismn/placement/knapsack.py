@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 INF = math.inf
 # DP states: which of the two end roles are already taken
@@ -27,11 +26,6 @@ _SRC_DST = {  # role -> (source states, destination states); in this order, ties
     "first": ((NONE, LAST), (FIRST, BOTH)),
     "last": ((NONE, FIRST), (LAST, BOTH)),
 }
-
-
-def _stage_costs(R: float, F: float, cap: int) -> np.ndarray:
-    """F + n R for n = cap, cap - 1, ..., 1 (the order of a sliding window ending just before j)."""
-    return F + np.arange(cap, 0, -1) * R
 
 
 def solve_order_free(R: np.ndarray, F: dict[str, np.ndarray], caps: dict[str, np.ndarray],
@@ -49,25 +43,14 @@ def solve_order_free(R: np.ndarray, F: dict[str, np.ndarray], caps: dict[str, np
     only_best = float(only_val[best_only]) if m else INF
 
     # multi-stage: DP over peers; C[p + 1][s, j] = least cost over peers 0..p with j layers placed and end
-    # roles s taken. A peer's stage of n layers reads the state n before j: a sliding window over a row
-    # padded with INF, so one vectorised minimum per role and peer. The choices are recovered afterwards.
+    # roles s taken (compiled loops, placement/compiled.py). The choices are recovered afterwards.
+    from prismn.placement.compiled import knapsack_table
+
     capr = {role: np.minimum(caps[role], L).astype(np.int64) for role in _SRC_DST}
-    C = np.full((m + 1, 4, L + 1), INF)
-    C[0, NONE, 0] = 0.0
-    pad = np.full((4, 2 * L + 1), INF)  # pad[:, L + i] = C[p, :, i]
-    for p in range(m):
-        prev, new = C[p], C[p + 1]
-        new[:] = prev
-        pad[:, L:] = prev
-        for role, (src, dst) in _SRC_DST.items():
-            cap = int(capr[role][p])
-            if cap < 1:
-                continue
-            # window j: pad[L + j - cap .. L + j - 1] = prev[j - cap .. j - 1], i.e. n = cap .. 1
-            win = sliding_window_view(pad[list(src), L - cap:2 * L], cap, axis=1)  # (k, L+1, cap)
-            val = (win + _stage_costs(float(R[p]), float(F[role][p]), cap)).min(axis=2)
-            d = list(dst)
-            new[d] = np.minimum(new[d], val)
+    f64 = lambda x: np.ascontiguousarray(x, dtype=np.float64)  # noqa: E731
+    C = knapsack_table(f64(R), f64(F["middle"]), f64(F["first"]), f64(F["last"]),
+                       np.ascontiguousarray(capr["middle"]), np.ascontiguousarray(capr["first"]),
+                       np.ascontiguousarray(capr["last"]), int(L))
     multi_best = float(C[m, BOTH, L])
     if not math.isfinite(multi_best) and not math.isfinite(only_best):
         return None, INF
