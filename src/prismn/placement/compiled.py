@@ -173,3 +173,71 @@ def knapsack_table(R, Fm, Ff, Fl, capM, capF, capL, L):
                     if best < C[p + 1, d, j]:
                         C[p + 1, d, j] = best
     return C
+
+
+@njit(cache=True)
+def relaxed_dp(R, Fm, Fl, W, capM, capH, L):
+    """h[j, p] of search.relaxed_bounds: the relaxed cost-to-go (peers may repeat, never twice in a row)
+    after a first or middle stage on p that closes with j layers placed."""
+    m = R.shape[0]
+    h = np.full((L + 1, m), INF)
+    U = np.empty(m)
+    for j in range(L - 1, 0, -1):
+        n_last = L - j
+        nmax = L - 1 - j
+        for q in range(m):
+            u = n_last * R[q] + Fl[q] + W[q, m] if capH[q] >= n_last else INF
+            if nmax >= 1:
+                best = INF
+                for n in range(1, min(nmax, capM[q]) + 1):
+                    v = n * R[q] + h[j + n, q]
+                    if v < best:
+                        best = v
+                mid = Fm[q] + best
+                if mid < u:
+                    u = mid
+            U[q] = u
+        if m <= 1:
+            continue
+        for p in range(m):
+            best = INF
+            for q in range(m):
+                v = W[p, q] + U[q]
+                if v < best:
+                    best = v
+            h[j, p] = best
+    return h
+
+
+@njit(cache=True)
+def forward_dp(R, Ff, Fm, W, capE, capM, L):
+    """(F, A) of search.through_bounds: F[j, q] the relaxed cost client -> ... -> q's stage closed with j
+    layers placed, A[j, q] that of arriving at q with j layers placed before it."""
+    m = R.shape[0]
+    F = np.full((L + 1, m), INF)
+    A = np.full((L + 1, m), INF)
+    for q in range(m):
+        A[0, q] = W[m, q]
+    for j in range(1, L):
+        for q in range(m):
+            f = A[0, q] + Ff[q] + j * R[q] if capE[q] >= j else INF
+            if j >= 2:
+                best = INF
+                for n in range(1, min(j - 1, capM[q]) + 1):
+                    v = A[j - n, q] + n * R[q]
+                    if v < best:
+                        best = v
+                mid = Fm[q] + best
+                if mid < f:
+                    f = mid
+            F[j, q] = f
+        if m <= 1:
+            continue
+        for q in range(m):
+            best = INF
+            for p in range(m):
+                v = F[j, p] + W[p, q]
+                if v < best:
+                    best = v
+            A[j, q] = best
+    return F, A

@@ -45,6 +45,14 @@ class Costs:
         return Costs(lin(self.R, other.R), {r: lin(self.F[r], other.F[r]) for r in self.F}, W)
 
 
+def _f64(x) -> np.ndarray:  # the compiled loops (placement/compiled.py) take contiguous typed arrays
+    return np.ascontiguousarray(x, dtype=np.float64)
+
+
+def _i64(x) -> np.ndarray:
+    return np.ascontiguousarray(x, dtype=np.int64)
+
+
 @dataclass
 class Bounds:
     dp: np.ndarray  # (L+1, m) relaxed cost-to-go after closing a first/middle stage on p with j layers
@@ -83,20 +91,12 @@ def stage_and_fill(rate: np.ndarray, cap: np.ndarray, N: np.ndarray, L: int) -> 
 
 def relaxed_bounds(c: Costs, caps: dict[str, np.ndarray], L: int) -> Bounds:
     """Backward DP of the relaxation (peers may repeat, never twice in a row). O(L*m^2 + L^2*m)."""
+    from prismn.placement.compiled import relaxed_dp
+
     m = len(c.R)
-    h = np.full((L + 1, m), INF)
-    capM, capH = caps["middle"], caps["last"]
-    Wpp = c.W[:m, :m]
     to_client = c.W[:m, m]
-    for j in range(L - 1, 0, -1):
-        n_last = L - j
-        U = np.where(capH >= n_last, n_last * c.R + c.F["last"] + to_client, INF)
-        nmax = L - 1 - j
-        if nmax >= 1:
-            ns = np.arange(1, nmax + 1)[:, None]
-            cand = np.where(ns <= capM[None, :], ns * c.R[None, :] + h[j + 1:j + 1 + nmax, :], INF)
-            U = np.minimum(U, c.F["middle"] + cand.min(axis=0))
-        h[j] = (Wpp + U[None, :]).min(axis=1) if m > 1 else INF
+    h = relaxed_dp(_f64(c.R), _f64(c.F["middle"]), _f64(c.F["last"]), _f64(c.W), _i64(caps["middle"]),
+                   _i64(caps["last"]), int(L))
     root = INF
     if m:
         first = np.full(m, INF)
@@ -115,20 +115,12 @@ def through_bounds(c: Costs, caps: dict[str, np.ndarray], L: int, b: Bounds) -> 
     m = len(c.R)
     if not m:
         return np.zeros(0)
-    F = np.full((L + 1, m), INF)  # relaxed cost client -> ... -> q's stage closed with j layers placed
-    A = np.full((L + 1, m), INF)  # relaxed cost of arriving at q with j layers placed before it
-    A[0] = c.W[c.W.shape[0] - 1, :m]
-    capE, capM = caps["first"], caps["middle"]
-    Wpp = c.W[:m, :m]
-    for j in range(1, L):
-        if j <= L - 1:
-            f = np.where(capE >= j, A[0] + c.F["first"] + j * c.R, INF)
-            if j >= 2:
-                ns = np.arange(1, j)[:, None]  # layers of this stage; arrival with j - n >= 1
-                cand = np.where(ns <= capM[None, :], A[j - ns[:, 0], :] + ns * c.R[None, :], INF)
-                f = np.minimum(f, c.F["middle"] + cand.min(axis=0))
-            F[j] = f
-        A[j] = (F[j][:, None] + Wpp).min(axis=0) if m > 1 else INF
+    from prismn.placement.compiled import forward_dp
+
+    # F[j, q]: relaxed cost client -> ... -> q's stage closed with j layers placed; A[j, q]: of arriving
+    # at q with j layers placed before it
+    F, A = forward_dp(_f64(c.R), _f64(c.F["first"]), _f64(c.F["middle"]), _f64(c.W), _i64(caps["first"]),
+                      _i64(caps["middle"]), int(L))
     through = (F[1:L] + b.dp[1:L]).min(axis=0) if L >= 2 else np.full(m, INF)
     js = np.arange(0, L)[:, None]
     last = np.where((L - js >= 1) & (L - js <= caps["last"][None, :]) & (js >= 1),
@@ -455,11 +447,9 @@ def _dssr_tables(c: Costs, caps: dict[str, np.ndarray], L: int, theta: list[int]
     to_client = c.W[:m, m]
     off = ~np.eye(m, dtype=bool)
     free_hops = m > 1 and not np.any(c.W[:m, :m][off]) and not np.any(c.W[m, :m]) and not np.any(to_client)
-    f64 = lambda x: np.ascontiguousarray(x, dtype=np.float64)  # noqa: E731
-    i64 = lambda x: np.ascontiguousarray(x, dtype=np.int64)  # noqa: E731
     h, h2, nxt, root_row = dssr_tables(
-        f64(c.R), f64(c.F["first"]), f64(c.F["middle"]), f64(c.F["last"]), f64(c.F["only"]), f64(c.W),
-        i64(caps["first"]), i64(caps["middle"]), i64(caps["last"]), i64(caps["only"]), int(L), bit,
+        _f64(c.R), _f64(c.F["first"]), _f64(c.F["middle"]), _f64(c.F["last"]), _f64(c.F["only"]), _f64(c.W),
+        _i64(caps["first"]), _i64(caps["middle"]), _i64(caps["last"]), _i64(caps["only"]), int(L), bit,
         1 << len(theta), bool(free_hops))
     return (h, h2, nxt), root_row, bit
 
