@@ -10,7 +10,15 @@ import math
 import numpy as np
 import pytest
 
-from prismn.placement.search import Costs, _dssr_path, _dssr_tables, dssr, relaxed_bounds
+from prismn.placement.search import (
+    Costs,
+    _dssr_path,
+    _dssr_tables,
+    dssr,
+    lagrangian,
+    path_cost,
+    relaxed_bounds,
+)
 
 
 def _problem(seed: int, m: int, L: int):
@@ -29,6 +37,17 @@ def _cost(c, path):
         total += c.W[src, q] + c.F[r][q] + n * c.R[q]
         src = q
     return total + c.W[src, m]
+
+
+def _plans(c, caps, L):
+    m = len(c.R)
+    for k in range(1, min(m, L) + 1):
+        for peers in itertools.permutations(range(m), k):
+            for cuts in itertools.combinations(range(1, L), k - 1):
+                ns = np.diff([0, *cuts, L])
+                roles = ["only"] if k == 1 else ["first"] + ["middle"] * (k - 2) + ["last"]
+                if all(n <= caps[r][p] for p, n, r in zip(peers, ns, roles, strict=True)):
+                    yield list(zip(peers, ns, roles, strict=True))
 
 
 def _brute(c, caps, L):
@@ -61,3 +80,26 @@ def test_dssr_is_exact_and_its_relaxation_forbids_two_cycles(seed):
     if math.isfinite(opt):
         assert found is not None and len({q for q, _, _ in found}) == len(found)
         assert value == pytest.approx(opt, rel=1e-12) and _cost(c, found) == pytest.approx(opt, rel=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_lagrangian_dual_bounds_the_bounded_optimum_and_its_plan_meets_the_bound(seed):
+    """search.lagrangian (min P subject to S <= bound): its dual is never above the brute-force bounded
+    optimum, and the plan it returns meets the bound (so its P is never below that optimum)."""
+    m, L = 5, 6
+    P, caps = _problem(seed, m, L)
+    S, _ = _problem(1000 + seed, m, L)
+    plans = list(_plans(P, caps, L))
+    p_opt = min(plans, key=lambda p: path_cost(P, p))
+    s_opt = min(plans, key=lambda p: path_cost(S, p))
+    # a bound between the two optima: the P-optimal plan misses it, the S-optimal plan meets it
+    bound = 0.5 * (path_cost(S, p_opt) + path_cost(S, s_opt))
+    if path_cost(S, p_opt) <= bound:
+        pytest.skip("the P-optimal plan is also the S-optimal one")
+    opt = min(path_cost(P, p) for p in plans if path_cost(S, p) <= bound)
+    lag = lagrangian(P, S, caps, L, bound, p_opt, s_opt, max_theta=8, max_cells=1e9)
+    assert lag.lam > 0 and lag.tables is not None
+    assert lag.dual <= opt * (1 + 1e-12)
+    value, plan = lag.best
+    assert path_cost(S, plan) <= bound * (1 + 1e-12)
+    assert value == pytest.approx(path_cost(P, plan), rel=1e-12) and value >= opt * (1 - 1e-12)

@@ -179,11 +179,12 @@ def test_the_plan_says_when_the_budget_ended_before_any_plan(monkeypatch):
 
 @pytest.mark.parametrize("seed,n", fast_sample([(2, 12), (2, 10), (3, 12)], 1))
 def test_lagrangian_interval_bounds_keep_the_proof_exact(seed, n):
-    """Swarms where some interval's knapsack set is too slow for it, so its Lagrangian bound of W <= tb
-    (intervals.IntervalSearch._dual) is computed: the proof still matches the independent MILP."""
+    """Swarms where some interval's knapsack set is too slow for it, so its Lagrangian bounds of W <= tb are
+    computed (the order-free one, intervals.IntervalSearch._dual, and the one with the real hops over the
+    DSSR relaxation, search.lagrangian): the proof still matches the independent MILP."""
     ev = _check(random_swarm(500 + seed, n, vram=(0.3, 1.2)), CostOptions())
     s = ev.plan.notes["search"]
-    assert s["method"] == "wall-time intervals" and s["duals"] > 0
+    assert s["method"] == "wall-time intervals" and s["duals"] > 0 and s["lagrangians"] > 0
 
 
 @pytest.mark.parametrize("seed", fast_sample(range(4), 2))

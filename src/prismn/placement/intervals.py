@@ -40,6 +40,7 @@ from prismn.placement.search import (
     Search,
     cheapest_fill,
     dssr,
+    lagrangian,
     relaxed_bounds,
     stage_and_fill,
     through_bounds,
@@ -53,8 +54,11 @@ SUB_MAX_STAGES = 12  # a knapsack set with more stages than this is not searched
 #                      children per label); its interval is halved instead, or left open when narrow
 DUAL_STEPS = 6  # knapsacks per Lagrangian bound (cutting planes on mu)
 SUB_THETA = 4  # elementary peers of the DSSR tables that bound that search
+SUB_CELLS = 3e8  # table cells (2^theta x L x m^2) of one such DSSR (compiled: about 0.3 s at most)
+LAGR_STEPS = 8  # relaxations of P + lam W per interval (the dual of W <= tb with the real hops)
 REL = 1e-12
-SPLIT_MIN = 1e-3  # intervals narrower than this (relative) are split at the argmin's wall time only
+SEARCH_WIDTH = 1e-2  # intervals wider than this (relative) split instead of searching
+SPLIT_MIN = 1e-4  # intervals narrower than this (relative) are split at the argmin's wall time only
 
 
 class IntervalSearch:
@@ -93,6 +97,7 @@ class IntervalSearch:
         self.pops = 0
         self.labels = 0
         self.duals = 0  # knapsacks solved for Lagrangian bounds
+        self.lagrangians = 0  # intervals that took the DSSR-relaxed Lagrangian dual
         self.best: list[tuple[int, int, str]] | None = None  # the incumbent: every plan a bound meets is offered
         self.U = INF
 
@@ -151,18 +156,35 @@ class IntervalSearch:
         value = max(value, dual)
         if len(path) > SUB_MAX_STAGES:  # deep: the W-bounded search would not finish; a bound only
             return value, path, False
+        # the label search only where splitting no longer tightens the bound (narrow intervals), within budget
+        searchable = self.labels < TOTAL_LABELS and tb - ta <= SEARCH_WIDTH * ta
         # the knapsack's set is too slow for the interval: the W-bounded search, exact
         m = len(sub)
         Wz = self.zero[:m + 1, :m + 1]
         P = Costs(R, F, Wz)
         wall_idx = np.append(sub, self.m)
         S = Costs(self.Rw[sub], {r: self.Fw[r][sub] for r in ROLES}, self.HW[np.ix_(wall_idx, wall_idx)])
-        _, _, info_p = dssr(P, caps, self.L, SUB_THETA)
-        _, vs, info_s = dssr(S, caps, self.L, SUB_THETA)
+        _, _, info_p = dssr(P, caps, self.L, SUB_THETA, max_cells=SUB_CELLS)
+        path_s, vs, info_s = dssr(S, caps, self.L, SUB_THETA, max_cells=SUB_CELLS)
         if vs > tb * (1 + REL):
             return INF, None, True
         s = Search(P, S, caps, self.L, tb, tables_P=info_p.pop("tables", None), tables_S=info_s.pop("tables", None),
-                   amortise=True)
+                   amortise=True) if searchable else None
+        if path_s is not None:  # the Lagrangian dual of W <= tb with the real hops (DSSR-relaxed)
+            at = {int(g): i for i, g in enumerate(sub)}
+            lag = lagrangian(P, S, caps, self.L, tb, [(at[g], n, r) for g, n, r in path], path_s, SUB_THETA,
+                             SUB_CELLS, LAGR_STEPS)
+            self.lagrangians += 1
+            self.offer([(int(sub[q]), n, r) for q, n, r in lag.best[1]])
+            if lag.dual >= ub * (1 - REL):
+                return lag.dual, None, True
+            if lag.best[0] <= lag.dual * (1 + REL):  # a plan within the bound attains the dual: exact
+                return lag.best[0], [(int(sub[q]), n, r) for q, n, r in lag.best[1]], True
+            value = max(value, lag.dual)
+            if lag.tables is not None and s is not None:
+                s.lagr = (lag.lam, lag.tables)
+        if s is None:
+            return value, path, False
         out = s.run(None, max_pops=SUB_POPS, max_labels=SUB_LABELS)
         self.labels += s.n_labels
         if out is None:
@@ -254,7 +276,7 @@ class IntervalSearch:
                 return self.best, U, True, U
             if lb >= U * (1 - REL):  # only stuck intervals below the incumbent remain
                 break
-            if self.subsolves >= max_subsolves or self.labels >= TOTAL_LABELS:
+            if self.subsolves >= max_subsolves:
                 return self.best, U, False, min(lb, stuck)
             heapq.heappop(heap)
             value, path, exact = self.bound(ta, tb, U)

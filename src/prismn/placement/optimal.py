@@ -50,6 +50,8 @@ from prismn.placement.search import (
     Search,
     cheapest_fill,
     dssr,
+    lagrangian,
+    path_cost,
     relaxed_bounds,
     stage_and_fill,
     through_bounds,
@@ -387,7 +389,7 @@ class Engine:
             if path is None:
                 return None
             path = [path[i] for i in best_order(_sub_hops(S.W, path), len(path))]
-            return Result(path, value, _cost(S, path), True, 0, value, stats={"method": "knapsack"})
+            return Result(path, value, path_cost(S, path), True, 0, value, stats={"method": "knapsack"})
         path, value, info = dssr(P, caps, self.L, max_theta, max_cells=self.cells)
         tables_P = info.pop("tables", None)
         if prove and (wl, wc) == (1.0, 0.0) and bound_s is None and tables_P is not None:
@@ -398,7 +400,7 @@ class Engine:
                 path = [path[i] for i in best_order(_sub_hops(S.W, path), len(path))]
         if bound_s is None:  # scalar objective: decremental state-space relaxation, exact
             if path is not None:
-                return Result(path, value, _cost(S, path), True, 0, value, stats={"dssr": info})
+                return Result(path, value, path_cost(S, path), True, 0, value, stats={"dssr": info})
             if not math.isfinite(value):
                 return None
             tables_S = None
@@ -409,52 +411,24 @@ class Engine:
             tables_S = info_s.pop("tables", None)
             if value_s > bound_s * (1 + 1e-12):
                 return None
-            if path is not None and _cost(S, path) <= bound_s:  # the unbounded optimum meets the bound
-                return Result(path, value, _cost(S, path), True, 0, value, stats={"dssr": info})
+            if path is not None and path_cost(S, path) <= bound_s:  # the unbounded optimum meets the bound
+                return Result(path, value, path_cost(S, path), True, 0, value, stats={"dssr": info})
             if incumbent is None and path_s is not None:
                 incumbent = path_s  # the S-optimal plan meets the bound
         s = Search(P, S, caps, self.L, bound_s, tables_P=tables_P, tables_S=tables_S)
         self._last_search = s
         if bound_s is not None and path is not None and path_s is not None:
-            # Lagrangian dual: for lam >= 0, min(P + lam*S) - lam*bound <= the bounded optimum, and every
-            # minimiser of P + lam*S that meets the bound is a feasible plan (a supported Pareto point).
-            # Bisect lam (in log space) for the best bound and the best such plan; the search then uses
-            # P(completion) >= h_lam - lam * (bound - S so far) as one more admissible bound.
-            p1, s1 = value, _cost(S, path)
-            p2, s2 = _cost(P, path_s), value_s
-            lam = (p2 - p1) / (s1 - s2) if s1 > s2 and p2 > p1 else 0.0
-            best_inc = (p2, path_s)
-            if lam > 0:
-                lo, hi = None, None
-                best_dual = (-INF, None, 0.0)
-                for _ in range(8):
-                    comb = P.combine(1.0, S, lam)
-                    pl, vl, info_l = dssr(comb, caps, self.L, max_theta, max_cells=self.cells)
-                    tab = info_l.pop("tables", None)
-                    if pl is None:
-                        break
-                    dual = vl - lam * bound_s
-                    if dual > best_dual[0]:
-                        best_dual = (dual, tab, lam)
-                    sv = _cost(S, pl)
-                    if sv <= bound_s:
-                        pv = _cost(P, pl)
-                        if pv < best_inc[0]:
-                            best_inc = (pv, pl)
-                        hi = lam
-                    else:
-                        lo = lam
-                    lam = math.sqrt(lo * hi) if (lo and hi) else (lam / 4 if hi else lam * 4)
-                if best_dual[1] is not None:
-                    s.lagr = (best_dual[2], best_dual[1])
-            if incumbent is None or _cost(P, incumbent) > best_inc[0]:
-                incumbent = best_inc[1]
+            lag = lagrangian(P, S, caps, self.L, bound_s, path, path_s, max_theta, self.cells)
+            if lag.tables is not None:
+                s.lagr = (lag.lam, lag.tables)
+            if incumbent is None or path_cost(P, incumbent) > lag.best[0]:
+                incumbent = lag.best[1]
         if incumbent is None:
             incumbent = s.dive()
         if not prove:  # a seed: any good feasible plan will do, the search proper comes later
             if incumbent is None:
                 return None
-            p_val, s_val = _cost(P, incumbent), _cost(S, incumbent)
+            p_val, s_val = path_cost(P, incumbent), path_cost(S, incumbent)
             if bound_s is not None and s_val > bound_s:
                 return None
             return Result(incumbent, p_val, s_val, False, 0, -INF, note="seed plan, not searched")
@@ -537,15 +511,6 @@ def check_memory(m: int) -> None:
         raise PlanError(f"this swarm leaves {m} candidate peers after every bound, which needs about "
                         f"{need / GIB:.1f} GiB but {avail / GIB:.1f} GiB is free: plan on a machine with more "
                         f"memory, or give a bound (--max-latency-ms) or fewer peers")
-
-
-def _cost(c: Costs, path: list[tuple[int, int, str]]) -> float:
-    m = len(c.R)
-    src, total = m, 0.0
-    for q, n, role in path:
-        total += c.W[src, q] + c.F[role][q] + n * c.R[q]
-        src = q
-    return total + c.W[src, m]
 
 
 def _sub_hops(W: np.ndarray, path: list[tuple[int, int, str]]) -> np.ndarray:

@@ -533,7 +533,7 @@ def solve_reserved(engine, wl: float, wc: float, bl: float | None, bf: float | N
         it = IntervalSearch(engine, cand, omega0, lat_lbq[cand], INF if bl is None else bl * (1 + 1e-12))
         path, val, proven, interval_lower = it.run(inc)
         stats.update({"method": "wall-time intervals", "subsolves": it.subsolves, "duals": it.duals,
-                      "interval_pops": it.pops,
+                      "lagrangians": it.lagrangians, "interval_pops": it.pops,
                       "interval_labels": it.labels})
         if proven and path is None:  # every interval closed without a plan: none meets the bound
             engine.gave_up = dropped_lb < INF  # ... among the candidates; a left-out peer proves nothing

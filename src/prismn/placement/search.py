@@ -503,6 +503,53 @@ def _dssr_path(c: Costs, caps, L, tables, root_row, bit) -> list[tuple[int, int,
         src, j = q, j + n
 
 
+def path_cost(c: Costs, path: list[tuple[int, int, str]]) -> float:
+    """One additive metric of a path in route order (client -> stages -> client)."""
+    m = len(c.R)
+    src, total = m, 0.0
+    for q, n, role in path:
+        total += c.W[src, q] + c.F[role][q] + n * c.R[q]
+        src = q
+    return total + c.W[src, m]
+
+
+@dataclass
+class Lagrangian:
+    dual: float  # the best min(P + lam S) - lam bound found: a lower bound on min P subject to S <= bound
+    lam: float  # the lam that gave it
+    tables: tuple | None  # DSSR tables of P + lam S at that lam (a bound for the search), or None
+    best: tuple[float, list[tuple[int, int, str]]]  # the least-P plan met that meets the bound: (P, path)
+
+
+def lagrangian(P: Costs, S: Costs, caps: dict[str, np.ndarray], L: int, bound: float,
+               path_p: list[tuple[int, int, str]], path_s: list[tuple[int, int, str]], max_theta: int,
+               max_cells: float, steps: int = 8) -> Lagrangian:
+    """The Lagrangian dual of min P subject to S <= bound: for lam >= 0, min(P + lam S) - lam bound is a lower
+    bound (over the DSSR relaxation too), and every minimiser of P + lam S that meets the bound is a feasible
+    plan (a supported Pareto point). path_p minimises P (and misses the bound), path_s minimises S (and meets
+    it). lam starts where their two lines cross and is bisected in log space for the best bound and plan."""
+    p1, s1 = path_cost(P, path_p), path_cost(S, path_p)
+    p2, s2 = path_cost(P, path_s), path_cost(S, path_s)
+    lam = (p2 - p1) / (s1 - s2) if s1 > s2 and p2 > p1 else 0.0
+    out = Lagrangian(-INF, 0.0, None, (p2, path_s))
+    lo = hi = None
+    for _ in range(steps if lam > 0 else 0):
+        pl, vl, info = dssr(P.combine(1.0, S, lam), caps, L, max_theta, max_cells=max_cells)
+        tab = info.pop("tables", None)
+        if pl is None:
+            break
+        if vl - lam * bound > out.dual:
+            out.dual, out.lam, out.tables = vl - lam * bound, lam, tab
+        if path_cost(S, pl) <= bound:
+            if path_cost(P, pl) < out.best[0]:
+                out.best = (path_cost(P, pl), pl)
+            hi = lam
+        else:
+            lo = lam
+        lam = math.sqrt(lo * hi) if (lo and hi) else (lam / 4 if hi else lam * 4)
+    return out
+
+
 def dssr(c: Costs, caps: dict[str, np.ndarray], L: int, max_theta: int = 14,
          max_cells: float = 2e9) -> tuple[list[tuple[int, int, str]] | None, float, dict]:
     """Exact minimum of a scalar cost over elementary plans, or (None, bound, info) when the state
