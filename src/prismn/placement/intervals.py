@@ -53,8 +53,9 @@ TOTAL_LABELS = 100_000  # labels created by all those searches together
 SUB_MAX_STAGES = 12  # a knapsack set with more stages than this is not searched (deep: thousands of
 #                      children per label); its interval is halved instead, or left open when narrow
 DUAL_STEPS = 6  # knapsacks per Lagrangian bound (cutting planes on mu)
-SUB_THETA = 4  # elementary peers of the DSSR tables that bound that search
-SUB_CELLS = 3e8  # table cells (2^theta x L x m^2) of one such DSSR (compiled: about 0.3 s at most)
+SUB_THETA = 14  # elementary peers of the DSSR tables that bound that search (as many as SUB_CELLS allow)
+SUB_CELLS = 3e8  # table cells (2^theta x L x m^2) of one such DSSR (compiled: about 0.3 s at most): small
+#                   swarms get many elementary peers, 1,000 candidates a few
 LAGR_STEPS = 8  # relaxations of P + lam W per interval (the dual of W <= tb with the real hops)
 REL = 1e-12
 SEARCH_WIDTH = 1e-2  # intervals wider than this (relative) split instead of searching
