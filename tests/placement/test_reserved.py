@@ -225,3 +225,29 @@ def test_peer_lower_bounds_hold_for_every_plan_through_the_peer(seed):
     # and the bound is not vacuous: on the optimum's own peers it is more than half of the optimum
     opt = min(best.values())
     assert max(lb[q] for q in eng.usable if best[q] == opt) > 0.5 * opt
+
+
+@pytest.mark.parametrize("seed", fast_sample(range(4), 2))
+def test_peers_left_out_never_give_a_false_proof(monkeypatch, seed):
+    """With more candidates than the intervals (MAX_INTERVAL_CANDIDATES) and then the A* (MAX_CANDIDATES)
+    take, the peers left out are covered only by their lower bound: the plan is never reported optimal
+    unless the independent MILP agrees, and a reported lower bound never exceeds the true optimum."""
+    from prismn.placement import reserved
+    from prismn.placement.intervals import IntervalSearch
+
+    sw = random_swarm(520 + seed, 12, vram=(0.3, 1.2))
+    inst = Instance(SPEC_1B, sw, CostOptions(), carbon_scope="reserved")
+    ref = evaluate_plan(solve_milp(inst, (0.0, 1.0)), SPEC_1B, sw).metrics[KEY]
+    monkeypatch.setattr(reserved, "MAX_INTERVAL_CANDIDATES", 5)
+    monkeypatch.setattr(reserved, "MAX_CANDIDATES", 4)
+    run = IntervalSearch.run
+    monkeypatch.setattr(IntervalSearch, "run", lambda self, inc, max_subsolves=2: run(self, inc, max_subsolves))
+    plan = plan_optimal(SPEC_1B, sw, Objective("carbon"))
+    s = plan.notes["search"]
+    assert s["left_out"] > 0
+    value = evaluate_plan(plan, SPEC_1B, sw).metrics[KEY]
+    assert value >= ref * (1 - REL)
+    if plan.notes["optimal"]:
+        assert value == pytest.approx(ref, rel=REL)
+    else:
+        assert s["lower_bound"] <= ref * (1 + REL)

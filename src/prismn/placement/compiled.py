@@ -233,11 +233,12 @@ def forward_dp(R, Ff, Fm, W, capE, capM, L):
             F[j, q] = f
         if m <= 1:
             continue
-        for q in range(m):
-            best = INF
-            for p in range(m):
-                v = F[j, p] + W[p, q]
-                if v < best:
-                    best = v
-            A[j, q] = best
+        for p in range(m):  # A[j, q] = min over p of F[j, p] + W[p, q], row by row (W is row-major)
+            f = F[j, p]
+            if f == INF:
+                continue
+            for q in range(m):
+                v = f + W[p, q]
+                if v < A[j, q]:
+                    A[j, q] = v
     return F, A

@@ -35,6 +35,7 @@ from prismn.placement.kernel import (
 from prismn.swarm import CLIENT, Swarm
 
 CARBON_SCOPES = ("reserved", "operational", "total")  # reserved: the default, see docs/placement.md
+HOP_CHUNK = 1 << 22  # elements per block of the hop matrix's temporaries (32 MiB of float64 each)
 
 
 def haversine_pairs_km(lat_a: np.ndarray, lon_a: np.ndarray, lat_b: np.ndarray, lon_b: np.ndarray) -> np.ndarray:
@@ -194,14 +195,18 @@ class Instance:
         sequences' bytes per hop (the wall time at the deployment's load).
         """
         full = np.concatenate([idx, [-1]])
-        rtt = self.rtt_ms(full, full)
+        n = len(full)
         bw = np.concatenate([self.bw[idx], [np.inf]])
-        pair_bw = np.minimum(bw[:, None], bw[None, :])
-        is_client = np.arange(len(idx) + 1) == len(idx)
-        nbytes = hop_bytes(is_client[:, None], is_client[None, :], self.act_bytes)
-        if batch != 1:
-            nbytes = nbytes * batch
-        h = hop_seconds(rtt, nbytes, pair_bw, self.opt.hop_overhead_ms)
+        is_client = np.arange(n) == n - 1
+        h = np.empty((n, n))
+        step = max(1, HOP_CHUNK // n)  # rows at a time: the temporaries stay small, only h is n x n
+        for a in range(0, n, step):
+            rows = slice(a, a + step)
+            nbytes = hop_bytes(is_client[rows, None], is_client[None, :], self.act_bytes)
+            if batch != 1:
+                nbytes = nbytes * batch
+            h[rows] = hop_seconds(self.rtt_ms(full[rows], full), nbytes, np.minimum(bw[rows, None], bw[None, :]),
+                                  self.opt.hop_overhead_ms)
         np.fill_diagonal(h, np.inf)  # a peer never hands over to itself; client -> client is no plan
         return h
 

@@ -92,8 +92,6 @@ class IntervalSearch:
             c_in, c_out = self.HW[m, :m], self.HW[:m, m]
             self.w_role = {"only": self.Fw["only"] + c_in + c_out, "first": self.Fw["first"] + c_in,
                            "middle": self.Fw["middle"] + hin, "last": self.Fw["last"] + hin + c_out}
-        self.zero = np.zeros((m + 1, m + 1))
-        np.fill_diagonal(self.zero, INF)
         self.subsolves = 0
         self.pops = 0
         self.labels = 0
@@ -159,9 +157,12 @@ class IntervalSearch:
             return value, path, False
         # the label search only where splitting no longer tightens the bound (narrow intervals), within budget
         searchable = self.labels < TOTAL_LABELS and tb - ta <= SEARCH_WIDTH * ta
+        if self.L * len(sub) ** 2 > SUB_CELLS:  # too many peers for even one relaxation table: split only
+            return value, path, False
         # the knapsack's set is too slow for the interval: the W-bounded search, exact
         m = len(sub)
-        Wz = self.zero[:m + 1, :m + 1]
+        Wz = np.zeros((m + 1, m + 1))  # the interval's cost is order-free: no hop costs anything
+        np.fill_diagonal(Wz, INF)
         P = Costs(R, F, Wz)
         wall_idx = np.append(sub, self.m)
         S = Costs(self.Rw[sub], {r: self.Fw[r][sub] for r in ROLES}, self.HW[np.ix_(wall_idx, wall_idx)])

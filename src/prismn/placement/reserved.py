@@ -44,7 +44,9 @@ from prismn.placement.knapsack import solve_order_free
 from prismn.placement.search import INF, Costs, cheapest_fill, relaxed_bounds, stage_and_fill, through_bounds
 
 FASTEST_POPS, FASTEST_CELLS = 3_000, 2e8  # budget of the fastest-plan solve that gives the wall-time floor
-MAX_CANDIDATES = 1_200  # peers the search itself takes (best lower bounds first); beyond: not proven
+MAX_CANDIDATES = 1_200  # peers the A* search takes (best lower bounds first); beyond: not proven
+MAX_INTERVAL_CANDIDATES = 5_000  # peers the wall-time intervals take: their m x m work is compiled loops (at
+#                                  100,000 peers with measured RTTs, 4,588 peers' lower bounds are below the optimum)
 TIE_POPS = 500  # labels of the incumbent "least carbon among the fastest plans"
 RESERVED_LABELS = 60_000  # labels one search may create (deterministic; bounds memory and dominance checks)
 RESERVED_POPS = 2_000  # labels one search may expand (deterministic budget; ~10 ms each at 800 candidates)
@@ -416,6 +418,17 @@ def split_lower_bounds(engine, u: np.ndarray, floor: np.ndarray, omega0: float) 
     return out
 
 
+def _head(cand: np.ndarray, lbq: np.ndarray, plan, limit: int) -> tuple[np.ndarray, float, int]:
+    """The `limit` candidates of least lower bound (cand is sorted by it), always with the plan's own peers:
+    (candidates, the least lower bound left out (INF if none), how many were left out)."""
+    if len(cand) <= limit:
+        return cand, INF, 0
+    keep = set(int(p) for p, _, _ in plan) if plan is not None else set()
+    rest = [int(p) for p in cand if int(p) not in keep]
+    head = rest[:limit - len(keep)]
+    return np.array(sorted(keep) + head, dtype=np.int64), float(min(lbq[p] for p in rest[len(head):])), len(rest) - len(head)
+
+
 def tie_candidates(engine, fastest) -> np.ndarray | None:
     """Peers that can take part in a plan as fast as `fastest` (proven): those through which the relaxed
     fastest plan (peers may repeat, a lower bound) is no slower, from the latency solve's relaxed filter,
@@ -512,22 +525,18 @@ def solve_reserved(engine, wl: float, wc: float, bl: float | None, bf: float | N
     else:
         cand = order
     cand = cand[np.argsort(lbq[cand], kind="stable")]
-    dropped_lb = INF  # the least lower bound of a peer left out of the search (too many candidates)
-    if len(cand) > MAX_CANDIDATES:
-        keep = set(int(p) for p, _, _ in best) if best is not None else set()
-        rest = [int(p) for p in cand if int(p) not in keep]
-        head = rest[:MAX_CANDIDATES - len(keep)]
-        dropped_lb = float(min(lbq[p] for p in rest[len(head):]))
-        cand = np.array(sorted(keep) + head, dtype=np.int64)
-        stats["left_out"] = len(rest) - len(head)
+    # least carbon, unbounded or (at batch 1, where the wall time is the latency) with a latency bound:
+    # branch and bound over the wall time (intervals.py), each interval a linear problem
+    by_intervals = wc and not wl and bf is None and (bl is None or inst.batch == 1) and (best is not None or bl is not None)
+    # the least lower bound of a peer left out (too many candidates): above it, nothing is proven
+    cand, dropped_lb, left = _head(cand, lbq, best, MAX_INTERVAL_CANDIDATES if by_intervals else MAX_CANDIDATES)
+    if left:
+        stats["left_out"] = left
     stats["candidates"] = len(cand)
     pos = {int(p): i for i, p in enumerate(cand)}
     inc = [(pos[p], n, r) for p, n, r in best] if best is not None else None
     interval_lower = -INF
-    by_intervals = False
-    # least carbon, unbounded or (at batch 1, where the wall time is the latency) with a latency bound:
-    # branch and bound over the wall time (intervals.py), each interval a linear problem
-    if wc and not wl and bf is None and (bl is None or inst.batch == 1) and (inc is not None or bl is not None):
+    if by_intervals:
         from prismn.placement.intervals import IntervalSearch
 
         it = IntervalSearch(engine, cand, omega0, lat_lbq[cand], INF if bl is None else bl * (1 + 1e-12))
@@ -539,9 +548,16 @@ def solve_reserved(engine, wl: float, wc: float, bl: float | None, bf: float | N
             engine.gave_up = dropped_lb < INF  # ... among the candidates; a left-out peer proves nothing
             return None
         if proven:
-            res, by_intervals = (path, val, True, val, 0), True
+            res = (path, val, True, val, 0)
         else:
-            inc = path
+            by_intervals, inc = False, path
+            if len(cand) > MAX_CANDIDATES:  # the A* takes fewer peers than the intervals: the best ones
+                glob = [(int(cand[q]), n, r) for q, n, r in path] if path is not None else best
+                cand, more, left = _head(cand, lbq, glob, MAX_CANDIDATES)
+                dropped_lb = min(dropped_lb, more)
+                stats["search_candidates"], stats["left_out"] = len(cand), stats.get("left_out", 0) + left
+                pos = {int(p): i for i, p in enumerate(cand)}
+                inc = [(pos[p], n, r) for p, n, r in glob] if glob is not None else None
     if not by_intervals:
         s = ReservedSearch(inst, cand, wl, wc, omega0, bl, bf, lat_lbq[cand])
         if wc and best is not None:  # a plan costing <= best has A x omega0 <= f, so A <= best / (wc omega0)
