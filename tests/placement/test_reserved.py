@@ -251,3 +251,27 @@ def test_peers_left_out_never_give_a_false_proof(monkeypatch, seed):
         assert value == pytest.approx(ref, rel=REL)
     else:
         assert s["lower_bound"] <= ref * (1 + REL)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_stage_shares_never_exceed_a_plans_hops(seed):
+    """intervals._stage_shares: each peer's share of the wall time (half of each hop between peers, a middle
+    peer's two hops through two different peers) sums to at most the hops of every plan, in any order,
+    with symmetric and asymmetric hop matrices and peers that have one close neighbour."""
+    from prismn.placement.intervals import _stage_shares
+
+    rng = np.random.default_rng(seed)
+    m = 7
+    H = rng.uniform(0.01, 0.2, (m + 1, m + 1))
+    if seed % 2:
+        H = (H + H.T) / 2
+    H[0, 1] = H[1, 0] = 1e-4  # a pair of co-located peers
+    np.fill_diagonal(H, np.inf)
+    zero = {r: np.zeros(m) for r in ("first", "middle", "last", "only")}
+    share = _stage_shares(H, zero)
+    for _ in range(300):
+        k = int(rng.integers(1, m + 1))
+        peers = [int(q) for q in rng.permutation(m)[:k]]
+        roles = ["only"] if k == 1 else ["first"] + ["middle"] * (k - 2) + ["last"]
+        hops = H[m, peers[0]] + sum(H[a, b] for a, b in zip(peers, peers[1:], strict=False)) + H[peers[-1], m]
+        assert sum(share[r][q] for q, r in zip(peers, roles, strict=True)) <= hops * (1 + 1e-12)
