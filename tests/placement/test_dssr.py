@@ -40,6 +40,7 @@ def _cost(c, path):
 
 
 def _plans(c, caps, L):
+    """Every elementary plan: k distinct peers in order, layer cuts, roles, within the caps."""
     m = len(c.R)
     for k in range(1, min(m, L) + 1):
         for peers in itertools.permutations(range(m), k):
@@ -51,15 +52,7 @@ def _plans(c, caps, L):
 
 
 def _brute(c, caps, L):
-    m, best = len(c.R), math.inf
-    for k in range(1, min(m, L) + 1):
-        for peers in itertools.permutations(range(m), k):
-            for cuts in itertools.combinations(range(1, L), k - 1):
-                ns = np.diff([0, *cuts, L])
-                roles = ["only"] if k == 1 else ["first"] + ["middle"] * (k - 2) + ["last"]
-                if all(n <= caps[r][p] for p, n, r in zip(peers, ns, roles, strict=True)):
-                    best = min(best, _cost(c, list(zip(peers, ns, roles, strict=True))))
-    return best
+    return min((_cost(c, p) for p in _plans(c, caps, L)), default=math.inf)
 
 
 # seeds 8, 23, 44, 49, 59: the plain relaxation's optimum there goes p -> q -> p
