@@ -95,11 +95,14 @@ def measured(d: dict) -> list[str]:
 
 
 def deep(d: dict) -> list[str]:
-    out = [_row(["case", "seed", "operational", "total", "reserved (default)"]), "|---|---:|---|---|---|"]
+    names = ("operational", "total", "reserved", "latency")
+    out = [_row(["case", "seed", "carbon (operational)", "carbon (total)", "carbon (reserved, default)", "latency"]),
+           "|---|---:|---|---|---|---|"]
     for r in d["deep_plans"]:
-        by = {c["carbon_scope"]: c for c in r["solves"]}
+        by = {("latency" if c["objective"] == "latency" else c["carbon_scope"]): c for c in r["solves"]}
         out.append(_row([r["case"], str(r["seed"])] + [
-            f"{by[s]['stages']} stages, {by[s]['solve_s']:.2f} s, {by[s]['proof']}" for s in ("operational", "total", "reserved")]))
+            f"{by[s]['stages']} stages, {by[s]['solve_s']:.2f} s, {by[s]['proof']}" if s in by else "not run"
+            for s in names]))
     return out
 
 

@@ -96,3 +96,23 @@ def test_lagrangian_dual_bounds_the_bounded_optimum_and_its_plan_meets_the_bound
     value, plan = lag.best
     assert path_cost(S, plan) <= bound * (1 + 1e-12)
     assert value == pytest.approx(path_cost(P, plan), rel=1e-12) and value >= opt * (1 - 1e-12)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_knapsack_route_is_a_valid_plan_never_below_the_optimum(seed):
+    """optimal.knapsack_route (the deep-plan incumbent: the set minimising the order-free bound, in its
+    fastest order) is an elementary plan within every cap, holding all L layers, and so never cheaper than
+    the brute-force optimum; the order-free bound it minimises is never above that optimum."""
+    from prismn.placement.knapsack import solve_order_free
+    from prismn.placement.optimal import knapsack_route
+    from prismn.placement.search import stage_shares
+
+    m, L = 5, 7
+    c, caps = _problem(seed, m, L)
+    route = knapsack_route(c, caps, L)
+    assert route is not None
+    assert any(route == p for p in _plans(c, caps, L))  # elementary, roles in order, caps kept, L layers
+    opt = _brute(c, caps, L)
+    assert path_cost(c, route) >= opt * (1 - 1e-12)
+    _, bound = solve_order_free(c.R, stage_shares(c.W, c.F), caps, L)
+    assert bound <= opt * (1 + 1e-12)

@@ -255,10 +255,10 @@ def test_peers_left_out_never_give_a_false_proof(monkeypatch, seed):
 
 @pytest.mark.parametrize("seed", range(6))
 def test_stage_shares_never_exceed_a_plans_hops(seed):
-    """intervals._stage_shares: each peer's share of the wall time (half of each hop between peers, a middle
+    """search.stage_shares: each peer's share of the wall time (half of each hop between peers, a middle
     peer's two hops through two different peers) sums to at most the hops of every plan, in any order,
     with symmetric and asymmetric hop matrices and peers that have one close neighbour."""
-    from prismn.placement.intervals import _stage_shares
+    from prismn.placement.search import stage_shares
 
     rng = np.random.default_rng(seed)
     m = 7
@@ -268,7 +268,7 @@ def test_stage_shares_never_exceed_a_plans_hops(seed):
     H[0, 1] = H[1, 0] = 1e-4  # a pair of co-located peers
     np.fill_diagonal(H, np.inf)
     zero = {r: np.zeros(m) for r in ("first", "middle", "last", "only")}
-    share = _stage_shares(H, zero)
+    share = stage_shares(H, zero)
     for _ in range(300):
         k = int(rng.integers(1, m + 1))
         peers = [int(q) for q in rng.permutation(m)[:k]]

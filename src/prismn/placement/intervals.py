@@ -43,6 +43,7 @@ from prismn.placement.search import (
     lagrangian,
     relaxed_bounds,
     stage_and_fill,
+    stage_shares,
     through_bounds,
 )
 
@@ -60,29 +61,6 @@ LAGR_STEPS = 8  # relaxations of P + lam W per interval (the dual of W <= tb wit
 REL = 1e-12
 SEARCH_WIDTH = 1e-2  # intervals wider than this (relative) split instead of searching
 SPLIT_MIN = 1e-4  # intervals narrower than this (relative) are split at the argmin's wall time only
-
-
-def _stage_shares(HW: np.ndarray, Fw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Per role, a lower bound on each peer's share of a plan's wall time (see IntervalSearch.__init__)."""
-    m = HW.shape[0] - 1
-    H = HW[:m, :m]
-    c_in, c_out = HW[m, :m], HW[:m, m]
-    if m > 1:
-        rows = np.arange(m)
-        a1, b1 = np.argmin(H, axis=0), np.argmin(H, axis=1)  # the closest peer into q, out of q
-        in1, out1 = H[a1, rows], H[rows, b1]
-        H2 = H.copy()
-        H2[a1, rows] = INF
-        in2 = H2.min(axis=0)  # the second closest peer into q
-        H2[a1, rows] = in1
-        H2[rows, b1] = INF
-        out2 = H2.min(axis=1)
-        # in + out through two different peers: the two closest, or one of them with the other's second
-        pair = np.where(a1 != b1, in1 + out1, np.minimum(in1 + out2, in2 + out1))
-    else:
-        in1 = out1 = pair = np.full(m, INF)
-    return {"only": Fw["only"] + c_in + c_out, "first": Fw["first"] + c_in + 0.5 * out1,
-            "middle": Fw["middle"] + 0.5 * pair, "last": Fw["last"] + 0.5 * in1 + c_out}
 
 
 class IntervalSearch:
@@ -107,13 +85,9 @@ class IntervalSearch:
             thr = through_bounds(wall, self.caps, self.L, relaxed_bounds(wall, self.caps, self.L))
             floor = np.maximum(floor, np.where(np.isfinite(thr), thr, INF))
         self.floor = floor
-        # order-free lower bound of a stage's share of W, per role: its compute, its own client hops, and
-        # half of each hop between two peers (one half to each end). A middle peer's two hops come from and
-        # go to two different peers, so its share is at least half the least such pair (in + out), which is
-        # far above the least single hop when a peer has one close neighbour and no second. A plan's W >=
-        # the sum over its stages.
+        # order-free lower bound of a stage's share of W, per role (search.stage_shares): W >= their sum
         if m:
-            self.w_role = _stage_shares(self.HW, self.Fw)
+            self.w_role = stage_shares(self.HW, self.Fw)
         self.subsolves = 0
         self.pops = 0
         self.labels = 0

@@ -54,6 +54,7 @@ from prismn.placement.search import (
     path_cost,
     relaxed_bounds,
     stage_and_fill,
+    stage_shares,
     through_bounds,
 )
 from prismn.swarm import Swarm
@@ -423,6 +424,10 @@ class Engine:
                 s.lagr = (lag.lam, lag.tables)
             if incumbent is None or path_cost(P, incumbent) > lag.best[0]:
                 incumbent = lag.best[1]
+        if wl and bound_s is None:  # DSSR gave up (deep plans): a route plan may beat the seed's
+            route = knapsack_route(P, caps, self.L)
+            if route is not None and (incumbent is None or path_cost(P, route) < path_cost(P, incumbent)):
+                incumbent = route
         if incumbent is None:
             incumbent = s.dive()
         if not prove:  # a seed: any good feasible plan will do, the search proper comes later
@@ -511,6 +516,16 @@ def check_memory(m: int) -> None:
         raise PlanError(f"this swarm leaves {m} candidate peers after every bound, which needs about "
                         f"{need / GIB:.1f} GiB but {avail / GIB:.1f} GiB is free: plan on a machine with more "
                         f"memory, or give a bound (--max-latency-ms) or fewer peers")
+
+
+def knapsack_route(c: Costs, caps: dict[str, np.ndarray], L: int) -> list[tuple[int, int, str]] | None:
+    """A good plan for a metric with hops when the exact search would be long (deep plans): the set that
+    minimises the order-free bound (per-layer rates plus each stage's share of the hops, search.stage_shares),
+    in its fastest order. Feasible whenever any plan is; no optimality claim."""
+    path, _ = solve_order_free(c.R, stage_shares(c.W, c.F), caps, L)
+    if path is None:
+        return None
+    return [path[i] for i in best_order(_sub_hops(c.W, path), len(path))]
 
 
 def _sub_hops(W: np.ndarray, path: list[tuple[int, int, str]]) -> np.ndarray:

@@ -129,6 +129,34 @@ def through_bounds(c: Costs, caps: dict[str, np.ndarray], L: int, b: Bounds) -> 
     return np.minimum(np.minimum(through, last), only)
 
 
+def stage_shares(HW: np.ndarray, Fw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per role, a lower bound on each peer's share of an additive metric whose hops are HW (client last) and
+    fixed parts Fw: its fixed part, its own client hops, and half of each hop between two peers (one half
+    to each end). A middle peer's two hops come from and go to two different peers, so its share is at
+    least half the least such pair (in + out), far above the least single hop when a peer has one close
+    neighbour and no second. Any plan's hops and fixed parts sum to at least its stages' shares: an
+    order-free bound (a knapsack over these, plus n x R, bounds the whole metric)."""
+    m = HW.shape[0] - 1
+    H = HW[:m, :m]
+    c_in, c_out = HW[m, :m], HW[:m, m]
+    if m > 1:
+        rows = np.arange(m)
+        a1, b1 = np.argmin(H, axis=0), np.argmin(H, axis=1)  # the closest peer into q, out of q
+        in1, out1 = H[a1, rows], H[rows, b1]
+        H2 = H.copy()
+        H2[a1, rows] = INF
+        in2 = H2.min(axis=0)  # the second closest peer into q
+        H2[a1, rows] = in1
+        H2[rows, b1] = INF
+        out2 = H2.min(axis=1)
+        # in + out through two different peers: the two closest, or one of them with the other's second
+        pair = np.where(a1 != b1, in1 + out1, np.minimum(in1 + out2, in2 + out1))
+    else:
+        in1 = out1 = pair = np.full(m, INF)
+    return {"only": Fw["only"] + c_in + c_out, "first": Fw["first"] + c_in + 0.5 * out1,
+            "middle": Fw["middle"] + 0.5 * pair, "last": Fw["last"] + 0.5 * in1 + c_out}
+
+
 def _fill_bound(c: Costs, b: Bounds, capM: np.ndarray, used: np.ndarray, L: int) -> np.ndarray:
     """N_U(x), x = 0..L: least per-layer cost of x layers on unused peers (hops free, caps kept)."""
     order = b.order[~used[b.order]]
