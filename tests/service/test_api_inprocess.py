@@ -165,6 +165,9 @@ def test_heartbeats_are_rate_limited(db):
         assert signed(c, "/v1/peers/oslo-1/heartbeat", {}).status_code == 200
         r = signed(c, "/v1/peers/oslo-1/heartbeat", {})
         assert r.status_code == 429 and "too often" in msg(r)
+        # another key posing as the peer within the interval: refused for who it is (403), not for how often
+        r = signed(c, "/v1/peers/oslo-1/heartbeat", {}, ident=Identity.generate())
+        assert r.status_code == 403 and "another key" in msg(r)
 
 
 def test_openai_api_keys(db):

@@ -72,15 +72,17 @@ class Registry:
 
     def heartbeat(self, peer_id: str, req: HeartbeatRequest, key: str) -> PeerRow:
         now = utcnow()
-        last = self._beats.get(peer_id)
-        if last is not None and time.monotonic() - last < self.settings.min_heartbeat_interval_s:
-            raise ApiError(429, f"peer {peer_id} heartbeats too often: at most one per "
-                                f"{self.settings.min_heartbeat_interval_s:g} s", "rate_limited", retry_after_s=1)
         with self.store.session() as s:
             row = s.get(PeerRow, peer_id)
             if row is None:
                 raise UnknownPeer(peer_id)
+            # who is asking comes before how often: another key's request is refused as such (403), and
+            # it never meets, nor learns of, the real peer's rate limit
             require_same_peer(row.public_key, key, peer_id)
+            last = self._beats.get(peer_id)
+            if last is not None and time.monotonic() - last < self.settings.min_heartbeat_interval_s:
+                raise ApiError(429, f"peer {peer_id} heartbeats too often: at most one per "
+                                    f"{self.settings.min_heartbeat_interval_s:g} s", "rate_limited", retry_after_s=1)
             self._beats[peer_id] = time.monotonic()
             if req.free_vram_gb is not None:
                 row.free_vram_gb = req.free_vram_gb
