@@ -98,10 +98,9 @@ def deep(d: dict) -> list[str]:
     names = ("operational", "total", "reserved", "latency")
     out = [_row(["case", "seed", "carbon (operational)", "carbon (total)", "carbon (reserved, default)", "latency"]),
            "|---|---:|---|---|---|---|"]
-    for r in d["deep_plans"]:
-        by = {("latency" if c["objective"] == "latency" else c["carbon_scope"]): c for c in r["solves"]}
+    for r in d["summary"]["deep_plans"]:  # each solve keyed by benchmarks/placement.deep_key
         out.append(_row([r["case"], str(r["seed"])] + [
-            f"{by[s]['stages']} stages, {by[s]['solve_s']:.2f} s, {by[s]['proof']}" if s in by else "not run"
+            f"{r[s]['stages']} stages, {r[s]['solve_s']:.2f} s, {r[s]['proof']}" if s in r else "not run"
             for s in names]))
     return out
 

@@ -16,6 +16,15 @@ from numba import njit
 INF = np.inf
 
 
+def as_f64(x) -> np.ndarray:
+    """The compiled loops take contiguous typed arrays."""
+    return np.ascontiguousarray(x, dtype=np.float64)
+
+
+def as_i64(x) -> np.ndarray:
+    return np.ascontiguousarray(x, dtype=np.int64)
+
+
 @njit(cache=True)
 def _effective(U, S, q, bit, fill):
     """U[S | bit(q), q]: q's value seen from state S (fill when S has already used q)."""

@@ -44,13 +44,11 @@ def solve_order_free(R: np.ndarray, F: dict[str, np.ndarray], caps: dict[str, np
 
     # multi-stage: DP over peers; C[p + 1][s, j] = least cost over peers 0..p with j layers placed and end
     # roles s taken (compiled loops, placement/compiled.py). The choices are recovered afterwards.
-    from prismn.placement.compiled import knapsack_table
+    from prismn.placement.compiled import as_f64, as_i64, knapsack_table
 
     capr = {role: np.minimum(caps[role], L).astype(np.int64) for role in _SRC_DST}
-    f64 = lambda x: np.ascontiguousarray(x, dtype=np.float64)  # noqa: E731
-    C = knapsack_table(f64(R), f64(F["middle"]), f64(F["first"]), f64(F["last"]),
-                       np.ascontiguousarray(capr["middle"]), np.ascontiguousarray(capr["first"]),
-                       np.ascontiguousarray(capr["last"]), int(L))
+    C = knapsack_table(as_f64(R), as_f64(F["middle"]), as_f64(F["first"]), as_f64(F["last"]),
+                       as_i64(capr["middle"]), as_i64(capr["first"]), as_i64(capr["last"]), int(L))
     multi_best = float(C[m, BOTH, L])
     if not math.isfinite(multi_best) and not math.isfinite(only_best):
         return None, INF

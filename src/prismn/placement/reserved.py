@@ -429,6 +429,14 @@ def _head(cand: np.ndarray, lbq: np.ndarray, plan, limit: int) -> tuple[np.ndarr
     return np.array(sorted(keep) + head, dtype=np.int64), float(min(lbq[p] for p in rest[len(head):])), len(rest) - len(head)
 
 
+def _local(cand: np.ndarray, plan) -> list[tuple[int, int, str]] | None:
+    """A plan over peer indices as one over positions in `cand` (which holds its peers), or None."""
+    if plan is None:
+        return None
+    pos = {int(p): i for i, p in enumerate(cand)}
+    return [(pos[int(p)], n, r) for p, n, r in plan]
+
+
 def tie_candidates(engine, fastest) -> np.ndarray | None:
     """Peers that can take part in a plan as fast as `fastest` (proven): those through which the relaxed
     fastest plan (peers may repeat, a lower bound) is no slower, from the latency solve's relaxed filter,
@@ -527,16 +535,16 @@ def solve_reserved(engine, wl: float, wc: float, bl: float | None, bf: float | N
     cand = cand[np.argsort(lbq[cand], kind="stable")]
     # least carbon, unbounded or (at batch 1, where the wall time is the latency) with a latency bound:
     # branch and bound over the wall time (intervals.py), each interval a linear problem
-    by_intervals = wc and not wl and bf is None and (bl is None or inst.batch == 1) and (best is not None or bl is not None)
+    intervals = wc and not wl and bf is None and (bl is None or inst.batch == 1) and (best is not None or bl is not None)
     # the least lower bound of a peer left out (too many candidates): above it, nothing is proven
-    cand, dropped_lb, left = _head(cand, lbq, best, MAX_INTERVAL_CANDIDATES if by_intervals else MAX_CANDIDATES)
+    cand, dropped_lb, left = _head(cand, lbq, best, MAX_INTERVAL_CANDIDATES if intervals else MAX_CANDIDATES)
     if left:
         stats["left_out"] = left
     stats["candidates"] = len(cand)
-    pos = {int(p): i for i, p in enumerate(cand)}
-    inc = [(pos[p], n, r) for p, n, r in best] if best is not None else None
+    inc = _local(cand, best)
     interval_lower = -INF
-    if by_intervals:
+    res = None  # (path, value, proven, lower bound, pops) over the candidates
+    if intervals:
         from prismn.placement.intervals import IntervalSearch
 
         it = IntervalSearch(engine, cand, omega0, lat_lbq[cand], INF if bl is None else bl * (1 + 1e-12))
@@ -550,15 +558,14 @@ def solve_reserved(engine, wl: float, wc: float, bl: float | None, bf: float | N
         if proven:
             res = (path, val, True, val, 0)
         else:
-            by_intervals, inc = False, path
+            inc = path
             if len(cand) > MAX_CANDIDATES:  # the A* takes fewer peers than the intervals: the best ones
                 glob = [(int(cand[q]), n, r) for q, n, r in path] if path is not None else best
                 cand, more, left = _head(cand, lbq, glob, MAX_CANDIDATES)
                 dropped_lb = min(dropped_lb, more)
                 stats["search_candidates"], stats["left_out"] = len(cand), stats.get("left_out", 0) + left
-                pos = {int(p): i for i, p in enumerate(cand)}
-                inc = [(pos[p], n, r) for p, n, r in glob] if glob is not None else None
-    if not by_intervals:
+                inc = _local(cand, glob)
+    if res is None:
         s = ReservedSearch(inst, cand, wl, wc, omega0, bl, bf, lat_lbq[cand])
         if wc and best is not None:  # a plan costing <= best has A x omega0 <= f, so A <= best / (wc omega0)
             s.weighted_tables(best_val / (wc * omega0) if omega0 > 0 else 0.0)

@@ -45,14 +45,6 @@ class Costs:
         return Costs(lin(self.R, other.R), {r: lin(self.F[r], other.F[r]) for r in self.F}, W)
 
 
-def _f64(x) -> np.ndarray:  # the compiled loops (placement/compiled.py) take contiguous typed arrays
-    return np.ascontiguousarray(x, dtype=np.float64)
-
-
-def _i64(x) -> np.ndarray:
-    return np.ascontiguousarray(x, dtype=np.int64)
-
-
 @dataclass
 class Bounds:
     dp: np.ndarray  # (L+1, m) relaxed cost-to-go after closing a first/middle stage on p with j layers
@@ -91,12 +83,12 @@ def stage_and_fill(rate: np.ndarray, cap: np.ndarray, N: np.ndarray, L: int) -> 
 
 def relaxed_bounds(c: Costs, caps: dict[str, np.ndarray], L: int) -> Bounds:
     """Backward DP of the relaxation (peers may repeat, never twice in a row). O(L*m^2 + L^2*m)."""
-    from prismn.placement.compiled import relaxed_dp
+    from prismn.placement.compiled import as_f64, as_i64, relaxed_dp
 
     m = len(c.R)
     to_client = c.W[:m, m]
-    h = relaxed_dp(_f64(c.R), _f64(c.F["middle"]), _f64(c.F["last"]), _f64(c.W), _i64(caps["middle"]),
-                   _i64(caps["last"]), int(L))
+    h = relaxed_dp(as_f64(c.R), as_f64(c.F["middle"]), as_f64(c.F["last"]), as_f64(c.W), as_i64(caps["middle"]),
+                   as_i64(caps["last"]), int(L))
     root = INF
     if m:
         first = np.full(m, INF)
@@ -115,12 +107,12 @@ def through_bounds(c: Costs, caps: dict[str, np.ndarray], L: int, b: Bounds) -> 
     m = len(c.R)
     if not m:
         return np.zeros(0)
-    from prismn.placement.compiled import forward_dp
+    from prismn.placement.compiled import as_f64, as_i64, forward_dp
 
     # F[j, q]: relaxed cost client -> ... -> q's stage closed with j layers placed; A[j, q]: of arriving
     # at q with j layers placed before it
-    F, A = forward_dp(_f64(c.R), _f64(c.F["first"]), _f64(c.F["middle"]), _f64(c.W), _i64(caps["first"]),
-                      _i64(caps["middle"]), int(L))
+    F, A = forward_dp(as_f64(c.R), as_f64(c.F["first"]), as_f64(c.F["middle"]), as_f64(c.W), as_i64(caps["first"]),
+                      as_i64(caps["middle"]), int(L))
     through = (F[1:L] + b.dp[1:L]).min(axis=0) if L >= 2 else np.full(m, INF)
     js = np.arange(0, L)[:, None]
     last = np.where((L - js >= 1) & (L - js <= caps["last"][None, :]) & (js >= 1),
@@ -466,7 +458,7 @@ def _dssr_tables(c: Costs, caps: dict[str, np.ndarray], L: int, theta: list[int]
     cost-to-go h1 with its next peer `nxt` and the best h2 whose next peer differs; a predecessor o of p
     reads h1 unless nxt is o itself, then h2.
     Returns (h1, h2, nxt) each (T, L+1, m), the client row, and theta's bit per peer."""
-    from prismn.placement.compiled import dssr_tables  # compiled on first use, then cached on disk
+    from prismn.placement.compiled import as_f64, as_i64, dssr_tables  # compiled on first use, then cached
 
     m = len(c.R)
     bit = np.full(m, -1, dtype=np.int64)
@@ -476,8 +468,8 @@ def _dssr_tables(c: Costs, caps: dict[str, np.ndarray], L: int, theta: list[int]
     off = ~np.eye(m, dtype=bool)
     free_hops = m > 1 and not np.any(c.W[:m, :m][off]) and not np.any(c.W[m, :m]) and not np.any(to_client)
     h, h2, nxt, root_row = dssr_tables(
-        _f64(c.R), _f64(c.F["first"]), _f64(c.F["middle"]), _f64(c.F["last"]), _f64(c.F["only"]), _f64(c.W),
-        _i64(caps["first"]), _i64(caps["middle"]), _i64(caps["last"]), _i64(caps["only"]), int(L), bit,
+        as_f64(c.R), as_f64(c.F["first"]), as_f64(c.F["middle"]), as_f64(c.F["last"]), as_f64(c.F["only"]), as_f64(c.W),
+        as_i64(caps["first"]), as_i64(caps["middle"]), as_i64(caps["last"]), as_i64(caps["only"]), int(L), bit,
         1 << len(theta), bool(free_hops))
     return (h, h2, nxt), root_row, bit
 
@@ -569,8 +561,9 @@ def lagrangian(P: Costs, S: Costs, caps: dict[str, np.ndarray], L: int, bound: f
         if vl - lam * bound > out.dual:
             out.dual, out.lam, out.tables = vl - lam * bound, lam, tab
         if path_cost(S, pl) <= bound:
-            if path_cost(P, pl) < out.best[0]:
-                out.best = (path_cost(P, pl), pl)
+            pv = path_cost(P, pl)
+            if pv < out.best[0]:
+                out.best = (pv, pl)
             hi = lam
         else:
             lo = lam
