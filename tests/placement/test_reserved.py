@@ -4,6 +4,8 @@ with estimated and measured RTTs, at batch 1 and at load, bounded and unbounded.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -177,7 +179,7 @@ def test_the_plan_says_when_the_budget_ended_before_any_plan(monkeypatch):
     assert "within its search budget" in plan.problems[0] and "fits" not in plan.problems[0]
 
 
-@pytest.mark.parametrize("seed,n", fast_sample([(2, 12), (2, 10), (3, 12)], 1))
+@pytest.mark.parametrize("seed,n", fast_sample([(2, 12), (2, 10), (3, 14)], 1))
 def test_lagrangian_interval_bounds_keep_the_proof_exact(seed, n):
     """Swarms where some interval's knapsack set is too slow for it, so its Lagrangian bounds of W <= tb are
     computed (the order-free one, intervals.IntervalSearch._dual, and the one with the real hops over the
@@ -275,3 +277,61 @@ def test_stage_shares_never_exceed_a_plans_hops(seed):
         roles = ["only"] if k == 1 else ["first"] + ["middle"] * (k - 2) + ["last"]
         hops = H[m, peers[0]] + sum(H[a, b] for a, b in zip(peers, peers[1:], strict=False)) + H[peers[-1], m]
         assert sum(share[r][q] for q, r in zip(peers, roles, strict=True)) <= hops * (1 + 1e-12)
+
+
+def _all_plans(inst, idx):
+    """Every elementary plan over the peers idx (positions in idx), as (peer, layers, role) in route order."""
+    import itertools
+
+    L = inst.L
+    for k in range(1, len(idx) + 1):
+        for peers in itertools.permutations(range(len(idx)), k):
+            for cuts in itertools.combinations(range(1, L), k - 1):
+                ns = [b - a for a, b in zip((0, *cuts), (*cuts, L), strict=True)]
+                roles = ["only"] if k == 1 else ["first"] + ["middle"] * (k - 2) + ["last"]
+                if all(n <= inst.caps[r][idx[p]] for p, n, r in zip(peers, ns, roles, strict=True)):
+                    yield list(zip(peers, ns, roles, strict=True))
+
+
+@pytest.mark.parametrize("seed", fast_sample([0, 2, 3, 4], 2))
+def test_few_stage_plans_are_priced_exactly_and_the_stage_class_bound_holds(seed):
+    """intervals.IntervalSearch: price_few_stages finds the least f over every plan of one or two stages
+    (with and without a wall-time cap, compiled.best_two_stage), and class_costs' E never exceeds f on any
+    plan of at least k_lo = 3 stages inside its interval: every elementary plan of a 4-peer swarm,
+    enumerated. Claiming one stage more (k_lo = 4) breaks the bound on some plan, so the check can fail."""
+    from prismn.placement.intervals import IntervalSearch
+    from prismn.placement.optimal import Engine
+    from prismn.placement.search import Costs, path_cost
+
+    sw = random_swarm(600 + seed, 4, vram=(1.0, 4.0))  # plans of one, two, three and four stages
+    eng = Engine(SPEC_1B, sw, CostOptions(), "reserved")
+    fastest = eng.solve(1.0, 0.0, "carbon")
+    if fastest is None:
+        pytest.skip("no plan fits this swarm")
+    idx = eng.usable
+    floor = eng.peer_lower_bounds(1.0, 0.0)[idx]
+    it = IntervalSearch(eng, idx, fastest.latency_s, floor)
+    plans = [(p, *it.evaluate(p)) for p in _all_plans(eng.inst, idx)]  # (path, W, A, B, f)
+    few = [x for x in plans if len(x[0]) <= 2]
+    assert {len(x[0]) for x in plans} == {1, 2, 3, 4}
+    for cap in (math.inf, float(np.median([x[1] for x in few]))):
+        fresh = IntervalSearch(eng, idx, fastest.latency_s, floor, w_max=cap)
+        fresh.price_few_stages()
+        assert fresh.k_lo == 3
+        assert fresh.U == pytest.approx(min(x[4] for x in few if x[1] <= cap), rel=1e-12)
+    m = len(idx)
+    wall = np.append(np.arange(m), m)
+    S = Costs(it.Rw, it.Fw, it.HW[np.ix_(wall, wall)])
+    walls = sorted(x[1] for x in plans)
+    broken = False
+    for ta in walls[:: max(1, len(walls) // 6)]:
+        for k_lo, must_hold in ((3, True), (4, False)):
+            it.k_lo = k_lo
+            P, shift = it.class_costs(np.arange(m), ta, S)
+            for path, W, _a, _b, f in plans:
+                if len(path) >= 3 and W >= ta:
+                    e = path_cost(P, path) - shift
+                    if must_hold:
+                        assert e <= f * (1 + 1e-12)
+                    broken |= e > f * (1 + 1e-9)
+    assert broken

@@ -49,7 +49,6 @@ def dssr_tables(R, Ff, Fm, Fl, Fo, W, capF, capM, capH, capO, L, bit, T, free_ho
     E1 = np.empty(m)
     E2 = np.empty(m)
     Es = np.empty(m, dtype=np.int64)
-    M = np.empty(m)
     for j in range(L - 1, 0, -1):
         n_last = L - j
         nmax = L - 1 - j
@@ -108,20 +107,20 @@ def dssr_tables(R, Ff, Fm, Fl, Fo, W, capF, capM, capH, capO, L, bit, T, free_ho
                     h2[S, j, p] = v  # no next peer is tracked here (nxt stays -1)
                 continue
             for p in range(m):
-                for q in range(m):
-                    M[q] = W[p, q] + (E2[q] if Es[q] == p else E1[q])
+                # one pass: the least W[p, q] + E(q) (lowest index on ties) and the least over the other q
+                b1 = W[p, 0] + (E2[0] if Es[0] == p else E1[0])
                 q1 = 0
+                b2 = INF
                 for q in range(1, m):
-                    if M[q] < M[q1]:
-                        q1 = q
-                best = M[q1]
-                h[S, j, p] = best
-                nxt[S, j, p] = q1 if best < INF else -1
-                v2 = INF
-                for q in range(m):
-                    if q != q1 and M[q] < v2:
-                        v2 = M[q]
-                h2[S, j, p] = v2
+                    v = W[p, q] + (E2[q] if Es[q] == p else E1[q])
+                    if v < b1:
+                        b2 = b1
+                        b1, q1 = v, q
+                    elif v < b2:
+                        b2 = v
+                h[S, j, p] = b1
+                nxt[S, j, p] = q1 if b1 < INF else -1
+                h2[S, j, p] = b2
     # from the client (S = empty): first or only stage
     root_row = np.empty(m)
     for q in range(m):
@@ -251,3 +250,69 @@ def forward_dp(R, Ff, Fm, W, capE, capM, L):
                 if v < A[j, q]:
                     A[j, q] = v
     return F, A
+
+
+@njit(cache=True)
+def _two_stage_f(HW, Rw, FwF, FwL, Rb, FbF, FbL, a, p, q, n, L):
+    """(W, f) of the plan client -> p (first, n layers) -> q (last, L - n) -> client, summed in the order
+    intervals.IntervalSearch.evaluate sums them."""
+    m = Rw.shape[0]
+    W = 0.0
+    W += HW[m, p] + FwF[p] + n * Rw[p]
+    W += HW[p, q] + FwL[q] + (L - n) * Rw[q]
+    W += HW[q, m]
+    B = 0.0
+    B += FbF[p] + n * Rb[p]
+    B += FbL[q] + (L - n) * Rb[q]
+    return W, a * W + B
+
+
+@njit(cache=True)
+def best_two_stage(HW, Rw, FwF, FwL, Rb, FbF, FbL, alpha, capF, capL, L, w_max):
+    """The least f = A W + B over every two-stage plan (p first, q last, p != q) with W <= w_max:
+    (f, p, q, n), p = -1 when there is none. W and f are linear in p's layer count n, so over the n its
+    caps allow, and W <= w_max leaves an interval of them, the least f lies at one of that interval's
+    ends: only those are priced."""
+    m = Rw.shape[0]
+    best, bp, bq, bn = INF, -1, -1, -1
+    for p in range(m):
+        if capF[p] < 1:
+            continue
+        for q in range(m):
+            if q == p or capL[q] < 1:
+                continue
+            lo = max(1, L - capL[q])
+            hi = min(capF[p], L - 1)
+            if lo > hi:
+                continue
+            a = alpha[p] + alpha[q]
+            w_lo, f_lo = _two_stage_f(HW, Rw, FwF, FwL, Rb, FbF, FbL, a, p, q, lo, L)
+            w_hi, f_hi = _two_stage_f(HW, Rw, FwF, FwL, Rb, FbF, FbL, a, p, q, hi, L)
+            ok_lo, ok_hi = w_lo <= w_max, w_hi <= w_max
+            if not ok_lo and not ok_hi:
+                continue  # W is linear in n: above w_max at both ends, above it everywhere between
+            if not (ok_lo and ok_hi):  # the feasible n run from the feasible end to the last n that meets w_max
+                n0, step = (lo, 1) if ok_lo else (hi, -1)
+                n1 = hi if ok_lo else lo
+                while n0 != n1:  # bisection on the integer n: n0 meets w_max, n1 does not
+                    mid = (n0 + n1) // 2 if step > 0 else (n0 + n1 + 1) // 2
+                    if mid == n0:
+                        break
+                    w_m, _ = _two_stage_f(HW, Rw, FwF, FwL, Rb, FbF, FbL, a, p, q, mid, L)
+                    if w_m <= w_max:
+                        n0 = mid
+                    else:
+                        n1 = mid
+                if ok_lo:
+                    hi = n0
+                    w_hi, f_hi = _two_stage_f(HW, Rw, FwF, FwL, Rb, FbF, FbL, a, p, q, hi, L)
+                else:
+                    lo = n0
+                    w_lo, f_lo = _two_stage_f(HW, Rw, FwF, FwL, Rb, FbF, FbL, a, p, q, lo, L)
+            if f_lo <= f_hi:
+                f, n = f_lo, lo
+            else:
+                f, n = f_hi, hi
+            if f < best:
+                best, bp, bq, bn = f, p, q, n
+    return best, bp, bq, bn

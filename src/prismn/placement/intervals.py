@@ -41,6 +41,7 @@ from prismn.placement.search import (
     cheapest_fill,
     dssr,
     lagrangian,
+    path_cost,
     relaxed_bounds,
     stage_and_fill,
     stage_shares,
@@ -61,6 +62,15 @@ LAGR_STEPS = 8  # relaxations of P + lam W per interval (the dual of W <= tb wit
 REL = 1e-12
 SEARCH_WIDTH = 1e-2  # intervals wider than this (relative) split instead of searching
 SPLIT_MIN = 1e-4  # intervals narrower than this (relative) are split at the argmin's wall time only
+FEW_STAGES = 2  # plans of at most this many stages are priced one by one (exact); the intervals bound the
+#                 others, each of which holds at least FEW_STAGES + 1 peers for the whole wall time
+
+
+def _no_hops(m: int) -> np.ndarray:
+    """The hop matrix of an order-free cost: no hop costs anything (the diagonal stays forbidden)."""
+    W = np.zeros((m + 1, m + 1))
+    np.fill_diagonal(W, INF)
+    return W
 
 
 class IntervalSearch:
@@ -93,6 +103,7 @@ class IntervalSearch:
         self.labels = 0
         self.duals = 0  # knapsacks solved for Lagrangian bounds
         self.lagrangians = 0  # intervals that took the DSSR-relaxed Lagrangian dual
+        self.k_lo = 1  # every plan the intervals must still bound has at least this many stages
         self.best: list[tuple[int, int, str]] | None = None  # the incumbent: every plan a bound meets is offered
         self.U = INF
 
@@ -121,6 +132,29 @@ class IntervalSearch:
         from prismn.placement.optimal import _sub_hops, best_order
 
         return [path[i] for i in best_order(_sub_hops(self.HW, path), len(path))]
+
+    def price_few_stages(self) -> None:
+        """Offer the best plan of each stage count up to FEW_STAGES, found by pricing every one of them (the
+        pairs in a compiled loop, O(m^2)); from then on the intervals bound only plans of more stages."""
+        from prismn.placement.compiled import as_f64, as_i64, best_two_stage
+
+        m, L = self.m, self.L
+        one = np.nonzero(self.caps["only"] >= L)[0]
+        if len(one):  # summed as evaluate() sums them
+            W = (self.HW[m, one] + self.Fw["only"][one] + L * self.Rw[one]) + self.HW[one, m]
+            f = self.alpha[one] * W + (self.Fb["only"][one] + L * self.Rb[one])
+            f = np.where(W <= self.w_max, f, INF)
+            k = int(np.argmin(f))
+            if np.isfinite(f[k]):
+                self.offer([(int(one[k]), L, "only")])
+        if L >= 2:
+            f, p, q, n = best_two_stage(as_f64(self.HW), as_f64(self.Rw), as_f64(self.Fw["first"]), as_f64(self.Fw["last"]),
+                                        as_f64(self.Rb), as_f64(self.Fb["first"]), as_f64(self.Fb["last"]),
+                                        as_f64(self.alpha), as_i64(np.minimum(self.caps["first"], L)),
+                                        as_i64(np.minimum(self.caps["last"], L)), int(L), float(self.w_max))
+            if p >= 0:
+                self.offer([(int(p), int(n), "first"), (int(q), L - int(n), "last")])
+        self.k_lo = FEW_STAGES + 1
 
     # ---- one interval ------------------------------------------------------------------------------
     def bound(self, ta: float, tb: float, ub: float):
@@ -157,42 +191,83 @@ class IntervalSearch:
             return value, path, False
         # the knapsack's set is too slow for the interval: the W-bounded search, exact
         m = len(sub)
-        Wz = np.zeros((m + 1, m + 1))  # the interval's cost is order-free: no hop costs anything
-        np.fill_diagonal(Wz, INF)
-        P = Costs(R, F, Wz)
         wall_idx = np.append(sub, self.m)
         S = Costs(self.Rw[sub], {r: self.Fw[r][sub] for r in ROLES}, self.HW[np.ix_(wall_idx, wall_idx)])
-        _, _, info_p = dssr(P, caps, self.L, SUB_THETA, max_cells=SUB_CELLS)
         path_s, vs, info_s = dssr(S, caps, self.L, SUB_THETA, max_cells=SUB_CELLS)
         if vs > tb * (1 + REL):
             return INF, None, True
-        s = Search(P, S, caps, self.L, tb, tables_P=info_p.pop("tables", None), tables_S=info_s.pop("tables", None),
+        tables_s = info_s.pop("tables", None)
+        P, shift = self.class_costs(sub, ta, S)
+        path_p, _, info_p = dssr(P, caps, self.L, SUB_THETA, max_cells=SUB_CELLS)
+
+        def plan_of(local):
+            return [(int(sub[q]), n, r) for q, n, r in local]
+
+        def settles(local) -> bool:  # E is exact only for plans of at least k_lo stages
+            return len(local) >= self.k_lo
+
+        if path_p is not None and path_cost(S, path_p) <= tb * (1 + REL):  # E's optimum meets W <= tb
+            self.offer(plan_of(path_p))
+            e = path_cost(P, path_p) - shift
+            if e >= ub * (1 - REL) or settles(path_p):
+                return max(value, e), plan_of(path_p), True
+        s = Search(P, S, caps, self.L, tb, tables_P=info_p.pop("tables", None), tables_S=tables_s,
                    amortise=True) if searchable else None
         if path_s is not None:  # the Lagrangian dual of W <= tb with the real hops (DSSR-relaxed)
             at = {int(g): i for i, g in enumerate(sub)}
-            lag = lagrangian(P, S, caps, self.L, tb, [(at[g], n, r) for g, n, r in path], path_s, SUB_THETA,
-                             SUB_CELLS, LAGR_STEPS)
+            start = path_p if path_p is not None else [(at[g], n, r) for g, n, r in path]
+            lag = lagrangian(P, S, caps, self.L, tb, start, path_s, SUB_THETA, SUB_CELLS, LAGR_STEPS)
             self.lagrangians += 1
-            self.offer([(int(sub[q]), n, r) for q, n, r in lag.best[1]])
-            if lag.dual >= ub * (1 - REL):
-                return lag.dual, None, True
-            if lag.best[0] <= lag.dual * (1 + REL):  # a plan within the bound attains the dual: exact
-                return lag.best[0], [(int(sub[q]), n, r) for q, n, r in lag.best[1]], True
-            value = max(value, lag.dual)
+            self.offer(plan_of(lag.best[1]))
+            dual = lag.dual - shift
+            if dual >= ub * (1 - REL):
+                return dual, None, True
+            if lag.best[0] <= lag.dual * (1 + REL) and settles(lag.best[1]):  # a plan attains the dual: exact
+                return max(value, lag.best[0] - shift), plan_of(lag.best[1]), True
+            value = max(value, dual)
             if lag.tables is not None and s is not None:
                 s.lagr = (lag.lam, lag.tables)
         if s is None:
             return value, path, False
+        out = self._searched(s)
+        if out is None:
+            return (value, None, False) if s.gave_up else (INF, None, True)
+        if out.proven and not settles(out.stages):
+            # E's optimum is a plan of fewer stages (priced already, not in this class): the search of the
+            # interval's own order-free cost instead, exact for every plan
+            Pz = Costs(R, F, _no_hops(m))
+            _, _, info_z = dssr(Pz, caps, self.L, SUB_THETA, max_cells=SUB_CELLS)
+            s = Search(Pz, S, caps, self.L, tb, tables_P=info_z.pop("tables", None), tables_S=tables_s, amortise=True)
+            out, shift = self._searched(s), 0.0
+            if out is None:
+                return (value, None, False) if s.gave_up else (INF, None, True)
+        path = plan_of(out.stages)
+        self.offer(path)
+        return (max(value, out.P - shift) if out.proven else max(value, out.lower_bound - shift)), path, out.proven
+
+    def class_costs(self, sub: np.ndarray, ta: float, S: Costs) -> tuple[Costs, float]:
+        """(P, shift): P(plan) - shift = E(plan) <= f(plan) for every plan on peers `sub` of at least k_lo
+        stages with W >= ta (S: the wall time on `sub`). E keeps part of each plan's wall time, which the
+        interval's own bound (alpha_i x max(ta, floor_i) per stage) gives up:
+            A W = sum_i alpha_i W >= sum_i [(alpha_i - a) f_i + a ta] + k_lo a (W - ta),
+        a the least alpha on `sub`, f_i = max(ta, floor_i) <= W; the difference is
+        sum_i (alpha_i - a)(W - f_i) + a (k - k_lo)(W - ta) >= 0. With k_lo = 3 and peers of similar alpha
+        the bound loses only (A - 3a)(W - ta) where the interval's own loses A (W - ta). E carries the real
+        hops (k_lo a W), so the DSSR-relaxed Lagrangian and the search minimise it."""
+        a = float(self.alpha[sub].min())
+        lift = self.k_lo * a
+        f_i = np.maximum(ta, self.floor[sub])
+        per_stage = Costs(self.Rb[sub], {r: (self.alpha[sub] - a) * f_i + a * ta + self.Fb[r][sub] for r in ROLES},
+                          _no_hops(len(sub)))
+        return per_stage.combine(1.0, S, lift), lift * ta
+
+    def _searched(self, s: Search):
+        """The W-bounded label search within its budget (labels counted)."""
         out = s.run(None, max_pops=SUB_POPS, max_labels=SUB_LABELS)
         self.labels += s.n_labels
-        if out is None:
-            if s.gave_up:  # budget hit before any plan within the bound: only the knapsack's bound holds
-                return value, None, False
-            return INF, None, True
-        self.pops += out.pops
-        path = [(int(sub[q]), n, r) for q, n, r in out.stages]
-        self.offer(path)
-        return (out.P if out.proven else max(value, out.lower_bound)), path, out.proven
+        if out is not None:
+            self.pops += out.pops
+        return out
 
     def _dual(self, sub, R, F, caps, tb: float, ub: float, v0: float, path0):
         """max over mu >= 0 of min over sets [cost + mu x (Wlb(set) - tb)] (a lower bound on LB(ta, tb):
@@ -260,6 +335,8 @@ class IntervalSearch:
         and proven: no plan has W <= w_max."""
         if incumbent is not None:
             self.offer(incumbent)
+        if self.m:
+            self.price_few_stages()
         U = self.U
         a_min = float(self.alpha.min()) if self.m else 0.0
         tmax = U / a_min if a_min > 0 else INF  # f < U needs A W < U, A >= a_min
