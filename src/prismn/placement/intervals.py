@@ -58,7 +58,7 @@ DUAL_STEPS = 6  # knapsacks per Lagrangian bound (cutting planes on mu)
 SUB_THETA = 14  # elementary peers of the DSSR tables that bound that search (as many as SUB_CELLS allow)
 SUB_CELLS = 3e8  # table cells (2^theta x L x m^2) of one such DSSR (compiled: about 0.3 s at most): small
 #                   swarms get many elementary peers, 1,000 candidates a few
-LAGR_STEPS = 8  # relaxations of P + lam W per interval (the dual of W <= tb with the real hops)
+LAGR_STEPS = 4  # relaxations of P + lam W per interval (the dual of W <= tb with the real hops)
 REL = 1e-12
 SEARCH_WIDTH = 1e-2  # intervals wider than this (relative) split instead of searching
 SPLIT_MIN = 1e-4  # intervals narrower than this (relative) are split at the argmin's wall time only
@@ -103,6 +103,7 @@ class IntervalSearch:
         self.labels = 0
         self.duals = 0  # knapsacks solved for Lagrangian bounds
         self.lagrangians = 0  # intervals that took the DSSR-relaxed Lagrangian dual
+        self._fastest_plans: list = []  # (peers, fastest plan over them, its wall time): see _fastest_in
         self.k_lo = 1  # every plan the intervals must still bound has at least this many stages
         self.best: list[tuple[int, int, str]] | None = None  # the incumbent: every plan a bound meets is offered
         self.U = INF
@@ -193,10 +194,9 @@ class IntervalSearch:
         m = len(sub)
         wall_idx = np.append(sub, self.m)
         S = Costs(self.Rw[sub], {r: self.Fw[r][sub] for r in ROLES}, self.HW[np.ix_(wall_idx, wall_idx)])
-        path_s, vs, info_s = dssr(S, caps, self.L, SUB_THETA, max_cells=SUB_CELLS)
+        path_s, vs, tables_s = self._fastest_in(sub, S, caps)
         if vs > tb * (1 + REL):
             return INF, None, True
-        tables_s = info_s.pop("tables", None)
         P, shift = self.class_costs(sub, ta, S)
         path_p, _, info_p = dssr(P, caps, self.L, SUB_THETA, max_cells=SUB_CELLS)
 
@@ -211,6 +211,8 @@ class IntervalSearch:
             e = path_cost(P, path_p) - shift
             if e >= ub * (1 - REL) or settles(path_p):
                 return max(value, e), plan_of(path_p), True
+        if searchable and tables_s is None:
+            tables_s = dssr(S, caps, self.L, SUB_THETA, max_cells=SUB_CELLS)[2].pop("tables", None)
         s = Search(P, S, caps, self.L, tb, tables_P=info_p.pop("tables", None), tables_S=tables_s,
                    amortise=True) if searchable else None
         if path_s is not None:  # the Lagrangian dual of W <= tb with the real hops (DSSR-relaxed)
@@ -244,6 +246,24 @@ class IntervalSearch:
         path = plan_of(out.stages)
         self.offer(path)
         return (max(value, out.P - shift) if out.proven else max(value, out.lower_bound - shift)), path, out.proven
+
+    def _fastest_in(self, sub: np.ndarray, S: Costs, caps: dict[str, np.ndarray]):
+        """The least wall time over plans on peers `sub`: (its plan over positions in sub, or None when the
+        relaxation gave up; the value, a lower bound then; the relaxation's tables, or None). An earlier
+        relaxation whose fastest plan lies inside `sub` answers it when every peer of `sub` it did not see
+        has a floor (no plan through it is faster) at least that plan's wall time: then no plan here is
+        faster than that one, and that one is here. Intervals differ mostly in a few slow or dirty peers,
+        so one relaxation usually serves many of them."""
+        inside = np.zeros(self.m, dtype=bool)
+        inside[sub] = True
+        for around, plan, value in self._fastest_plans:
+            if (self.floor[inside & ~around] >= value).all() and all(inside[g] for g, _, _ in plan):
+                pos = np.cumsum(inside) - 1  # each peer's position in sub
+                return [(int(pos[g]), n, r) for g, n, r in plan], value, None
+        path, value, info = dssr(S, caps, self.L, SUB_THETA, max_cells=SUB_CELLS)
+        if path is not None:
+            self._fastest_plans.append((inside, [(int(sub[q]), n, r) for q, n, r in path], value))
+        return path, value, info.pop("tables", None)
 
     def class_costs(self, sub: np.ndarray, ta: float, S: Costs) -> tuple[Costs, float]:
         """(P, shift): P(plan) - shift = E(plan) <= f(plan) for every plan on peers `sub` of at least k_lo
