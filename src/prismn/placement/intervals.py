@@ -16,8 +16,15 @@ LB(ta, tb) is linear in the plan and order-free except for the constraint W <= t
     sum over the set's stages (compute, each role's own hops to and from the client, the least hop into
     a middle or last stage), so for mu >= 0, min over sets of [cost + mu x (that sum - tb)] <= LB(ta, tb);
     the best mu closes most such intervals without a search;
-  * and where it does not, the best-first search of search.py with W <= tb as its bounded metric gives
-    LB exactly.
+  * and where it does not, the Lagrangian dual of W <= tb with the real hops (over the DSSR relaxation),
+    and on narrow intervals the best-first search of search.py with W <= tb as its bounded metric, which
+    gives it exactly.
+
+Plans of one and two stages are priced one by one first (price_few_stages, exact), so the intervals
+bound only plans of k >= 3 stages, and the Lagrangian and the search minimise a tighter cost that keeps
+part of the wall time above ta (class_costs): E = sum_i [(alpha_i - a) max(ta, floor_i) + a ta] +
+3a (W - ta) + B <= f, a the least alpha, which gives up (A - 3a)(W - ta) where the linear bound above gives
+up A (W - ta); on peers of similar alpha that is a tenth as much, so far fewer intervals need splitting.
 
 The argmin plan P (W(P) = w, ta < w <= tb) is an incumbent; the interval splits into [ta, w) and
 [w, tb], and on [w, tb] the bound at ta = w is f(P) itself when P is again the argmin: the interval
@@ -71,6 +78,12 @@ def _no_hops(m: int) -> np.ndarray:
     W = np.zeros((m + 1, m + 1))
     np.fill_diagonal(W, INF)
     return W
+
+
+def _restrict(c: Costs, k: np.ndarray) -> Costs:
+    """An additive cost over the peers at positions k only (the client stays last)."""
+    w = np.append(k, len(c.R))
+    return Costs(c.R[k], {r: c.F[r][k] for r in ROLES}, c.W[np.ix_(w, w)])
 
 
 class IntervalSearch:
@@ -194,10 +207,18 @@ class IntervalSearch:
         m = len(sub)
         wall_idx = np.append(sub, self.m)
         S = Costs(self.Rw[sub], {r: self.Fw[r][sub] for r in ROLES}, self.HW[np.ix_(wall_idx, wall_idx)])
+        P, shift = self.class_costs(sub, ta, S)
+        ok = self.may_beat(P, shift, S, caps, tb, ub)
+        if not ok.all():
+            if not ok.any():
+                return INF, None, True
+            k = np.nonzero(ok)[0]
+            sub, R, F, caps = sub[k], R[k], {r: F[r][k] for r in ROLES}, {r: caps[r][k] for r in ROLES}
+            S, P = _restrict(S, k), _restrict(P, k)
+            m = len(sub)
         path_s, vs, tables_s = self._fastest_in(sub, S, caps)
         if vs > tb * (1 + REL):
             return INF, None, True
-        P, shift = self.class_costs(sub, ta, S)
         path_p, _, info_p = dssr(P, caps, self.L, SUB_THETA, max_cells=SUB_CELLS)
 
         def plan_of(local):
@@ -217,7 +238,9 @@ class IntervalSearch:
                    amortise=True) if searchable else None
         if path_s is not None:  # the Lagrangian dual of W <= tb with the real hops (DSSR-relaxed)
             at = {int(g): i for i, g in enumerate(sub)}
-            start = path_p if path_p is not None else [(at[g], n, r) for g, n, r in path]
+            start = path_p
+            if start is None:  # the knapsack's set when its peers are all still here, else the fastest plan
+                start = [(at[g], n, r) for g, n, r in path] if all(g in at for g, _, _ in path) else path_s
             lag = lagrangian(P, S, caps, self.L, tb, start, path_s, SUB_THETA, SUB_CELLS, LAGR_STEPS)
             self.lagrangians += 1
             self.offer(plan_of(lag.best[1]))
@@ -246,6 +269,14 @@ class IntervalSearch:
         path = plan_of(out.stages)
         self.offer(path)
         return (max(value, out.P - shift) if out.proven else max(value, out.lower_bound - shift)), path, out.proven
+
+    def may_beat(self, P: Costs, shift: float, S: Costs, caps: dict[str, np.ndarray], tb: float,
+                 ub: float) -> np.ndarray:
+        """Which peers may take part in a plan of the class (at least k_lo stages) with W <= tb and
+        f < ub: the relaxed best plan through each peer (peers may repeat) bounds every real one through
+        it, for E = P - shift <= f and for W. The others cannot be in a better plan on this interval."""
+        ok = through_bounds(P, caps, self.L, relaxed_bounds(P, caps, self.L)) - shift < ub * (1 - REL)
+        return ok & (through_bounds(S, caps, self.L, relaxed_bounds(S, caps, self.L)) <= tb * (1 + REL))
 
     def _fastest_in(self, sub: np.ndarray, S: Costs, caps: dict[str, np.ndarray]):
         """The least wall time over plans on peers `sub`: (its plan over positions in sub, or None when the
