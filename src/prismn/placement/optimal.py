@@ -43,6 +43,7 @@ from prismn.placement.costmodel import CostOptions
 from prismn.placement.instance import CARBON_SCOPES, ROLES, Instance
 from prismn.placement.knapsack import solve_order_free
 from prismn.placement.plan import Plan, Stage
+from prismn.placement.polish import polish
 from prismn.placement.search import (
     INF,
     Costs,
@@ -738,6 +739,8 @@ def solve_objective(engine: Engine, obj: Objective) -> tuple[Solution | None, di
             sol = break_tie(engine, sol)
             if bc is None:
                 sol = exact_tie_break(engine, sol, info)
+        elif bc is None:  # unproven (deep plans): a local search may still improve the plan
+            sol = polish(engine, sol, 1.0, 0.0)
         if sol is not None and bl is not None and sol.latency_s > bl * (1 + 1e-12):
             info["bound_missed"] = f"the fastest plan takes {sol.latency_s * 1e3:.2f} ms > --max-latency-ms {obj.max_latency_ms:g}"
             return None, info
@@ -745,6 +748,8 @@ def solve_objective(engine: Engine, obj: Objective) -> tuple[Solution | None, di
         sol = engine.solve(0.0, 1.0, "latency", bl)
         if sol is not None and bl is None:
             sol = polish_order(engine, sol)
+            if bc is None:
+                sol = polish(engine, sol, 0.0, 1.0)
         if sol is not None and bc is not None and sol.carbon_g > bc * (1 + 1e-12):
             info["bound_missed"] = f"the least-carbon plan emits {sol.carbon_g:.6g} g > --max-gco2e {bc:g}"
             return None, info
@@ -760,6 +765,8 @@ def solve_objective(engine: Engine, obj: Objective) -> tuple[Solution | None, di
             sol = engine.solve(wl, wc, "carbon", bc)
         else:
             sol = engine.solve(wl, wc, "latency", bl)
+            if bl is None:
+                sol = polish(engine, sol, wl, wc)
     if sol is None and engine.gave_up:  # no plan found within the budget: none is proven either
         info["budget_hit"] = ("the search stopped at its label budget before it found a plan that meets the bounds; "
                               "one may exist: loosen the bound, or give fewer peers")
