@@ -292,10 +292,9 @@ def best_two_stage(HW, Rw, FwF, FwL, Rb, FbF, FbL, alpha, capF, capL, L, w_max):
             if not ok_lo and not ok_hi:
                 continue  # W is linear in n: above w_max at both ends, above it everywhere between
             if not (ok_lo and ok_hi):  # the feasible n run from the feasible end to the last n that meets w_max
-                n0, step = (lo, 1) if ok_lo else (hi, -1)
-                n1 = hi if ok_lo else lo
+                n0, n1 = (lo, hi) if ok_lo else (hi, lo)
                 while n0 != n1:  # bisection on the integer n: n0 meets w_max, n1 does not
-                    mid = (n0 + n1) // 2 if step > 0 else (n0 + n1 + 1) // 2
+                    mid = (n0 + n1) // 2 if ok_lo else (n0 + n1 + 1) // 2
                     if mid == n0:
                         break
                     w_m, _ = _two_stage_f(HW, Rw, FwF, FwL, Rb, FbF, FbL, a, p, q, mid, L)

@@ -16,6 +16,7 @@ import math
 import numpy as np
 
 from prismn.placement.instance import ROLES
+from prismn.placement.search import Costs, path_cost
 
 MAX_PEERS = 256  # swarms with more usable peers are not polished (each round prices k x m moves in Python)
 MAX_ROUNDS = 40  # best-improvement rounds (a deterministic budget)
@@ -36,18 +37,20 @@ class Polisher:
         self.pos = {int(p): i for i, p in enumerate(self.peers)}
         idx = self.peers
         self.caps = {r: np.minimum(inst.caps[r][idx], inst.L) for r in ROLES}
-        self.H = inst.hop_time_matrix(idx)  # client last
+        H = inst.hop_time_matrix(idx)  # client last; the diagonal (inf) is never a hop of a plan
+        wH = wl * np.where(np.isfinite(H), H, 0.0)
         self.reserved = inst.carbon_scope == "reserved"
         lat_R, lat_F = inst.latency.per_layer[idx], {r: inst.latency.fixed[r][idx] for r in ROLES}
         if self.reserved:  # f = A x W + B: the latency term is additive, the carbon term priced per route
-            self.R, self.F = wl * lat_R, {r: wl * lat_F[r] for r in ROLES}
-            self.HW = inst.hop_time_matrix(idx, inst.batch)
-            self.Rw, self.Fw = inst.wall.per_layer[idx], {r: inst.wall.fixed[r][idx] for r in ROLES}
-            self.Rb, self.Fb = inst.reserved.per_layer[idx], {r: inst.reserved.fixed[r][idx] for r in ROLES}
+            self.P = Costs(wl * lat_R, {r: wl * lat_F[r] for r in ROLES}, wH)
+            self.wall = Costs(inst.wall.per_layer[idx], {r: inst.wall.fixed[r][idx] for r in ROLES},
+                              inst.hop_time_matrix(idx, inst.batch))
+            self.B = Costs(inst.reserved.per_layer[idx], {r: inst.reserved.fixed[r][idx] for r in ROLES},
+                           np.zeros_like(H))
             self.alpha = inst.alpha[idx]
         else:
-            self.R = wl * lat_R + wc * inst.carbon.per_layer[idx]
-            self.F = {r: wl * lat_F[r] + wc * inst.carbon.fixed[r][idx] for r in ROLES}
+            self.P = Costs(wl * lat_R + wc * inst.carbon.per_layer[idx],
+                           {r: wl * lat_F[r] + wc * inst.carbon.fixed[r][idx] for r in ROLES}, wH)
 
     def price(self, order: list[int]) -> tuple[float, list[tuple[int, int, str]] | None]:
         """The least objective of a route (positions in self.peers) over its layer splits, and that plan."""
@@ -57,7 +60,7 @@ class Polisher:
         if (cap < (L if k == 1 else 1)).any() or cap.sum() < L or k > L:
             return math.inf, None
         o = np.array(order)
-        rate = self.R[o] + (self.wc * (self.alpha[o].sum() * self.Rw[o] + self.Rb[o]) if self.reserved else 0.0)
+        rate = self.P.R[o] + (self.wc * (self.alpha[o].sum() * self.wall.R[o] + self.B.R[o]) if self.reserved else 0.0)
         n = np.ones(k, dtype=np.int64)
         left = L - k
         for i in np.argsort(rate, kind="stable"):  # linear in n: the cheapest rate first, up to each cap
@@ -68,19 +71,10 @@ class Polisher:
         return self.value(path), path
 
     def value(self, path: list[tuple[int, int, str]]) -> float:
-        m = len(self.peers)
-        src, v = m, 0.0
-        W = A = B = 0.0
-        for q, n, r in path:
-            v += self.wl * self.H[src, q] + self.F[r][q] + n * self.R[q]
-            if self.reserved:
-                W += self.HW[src, q] + self.Fw[r][q] + n * self.Rw[q]
-                A += self.alpha[q]
-                B += self.Fb[r][q] + n * self.Rb[q]
-            src = q
-        v += self.wl * self.H[src, m]
+        v = path_cost(self.P, path)
         if self.reserved:
-            v += self.wc * (A * (W + self.HW[src, m]) + B)
+            A = sum(float(self.alpha[q]) for q, _, _ in path)
+            v += self.wc * (A * path_cost(self.wall, path) + path_cost(self.B, path))
         return v
 
     def moves(self, order: list[int]):
@@ -111,10 +105,7 @@ class Polisher:
         """Best-improvement local search from a plan (peer indices in the swarm): (the best plan met, in
         swarm indices; the rounds that improved it)."""
         order = [self.pos[int(p)] for p, _, _ in stages]
-        best, path = self.price(order)
-        start = self.value([(self.pos[int(p)], n, r) for p, n, r in stages])
-        if start < best:  # the search's own split (never worse here: the split above is optimal per route)
-            best, path = start, [(self.pos[int(p)], n, r) for p, n, r in stages]
+        best, path = self.price(order)  # the route's optimal split: never worse than the search's own
         rounds = 0
         while rounds < MAX_ROUNDS:
             top, top_path = best, None
