@@ -11,7 +11,7 @@ import pytest
 
 from prismn.model import load_model_spec
 from prismn.placement import CostOptions, evaluate_plan, make_plan
-from prismn.placement.instance import Instance
+from prismn.placement.instance import ROLES, Instance
 from prismn.placement.optimal import Objective, plan_optimal
 
 from .conftest import fast_sample, random_swarm
@@ -179,14 +179,99 @@ def test_the_plan_says_when_the_budget_ended_before_any_plan(monkeypatch):
     assert "within its search budget" in plan.problems[0] and "fits" not in plan.problems[0]
 
 
-@pytest.mark.parametrize("seed,n", fast_sample([(2, 12), (2, 10), (3, 14)], 1))
+@pytest.mark.parametrize("seed", fast_sample([0, 2, 3, 4], 2))
+def test_three_stage_plans_and_the_stage_class_bounds_hold(seed):
+    """Against every elementary plan of a 4-peer swarm, enumerated: price_three_stages finds the least f over
+    every three-stage plan (compiled.best_three_stage); the least order-free cost over stage sets of at
+    least K stages is compiled.knapsack_min_stages' value; the class knapsack (_class_knapsack) never
+    exceeds f on a plan of at least k_lo stages with W >= ta, and claiming k_lo = 4 breaks it on some
+    three-stage plan (so the check can fail); a search with min_stages finds the least cost over plans of
+    that many stages; narrow() keeps every peer of every plan of the class that beats the incumbent."""
+    from prismn.placement.compiled import knapsack_min_stages
+    from prismn.placement.intervals import IntervalSearch
+    from prismn.placement.optimal import Engine
+    from prismn.placement.search import Costs, Search
+
+    sw = random_swarm(600 + seed, 4, vram=(1.0, 4.0))
+    eng = Engine(SPEC_1B, sw, CostOptions(), "reserved")
+    fastest = eng.solve(1.0, 0.0, "carbon")
+    if fastest is None:
+        pytest.skip("no plan fits this swarm")
+    idx = eng.usable
+    m, L = len(idx), eng.L
+    floor = eng.peer_lower_bounds(1.0, 0.0)[idx]
+    it = IntervalSearch(eng, idx, fastest.latency_s, floor)
+    plans = [(p, *it.evaluate(p)) for p in _all_plans(eng.inst, idx)]  # (path, W, A, B, f)
+    assert {len(x[0]) for x in plans} == {1, 2, 3, 4}
+    fresh = IntervalSearch(eng, idx, fastest.latency_s, floor)
+    fresh.price_three_stages(np.arange(m))
+    assert fresh.U == pytest.approx(min(x[4] for x in plans if len(x[0]) == 3), rel=1e-12)
+    # knapsack_min_stages: the order-free cost F_role + n R of every stage set of >= K stages
+    rng = np.random.default_rng(seed)
+    R, F = rng.random(m), {r: rng.random(m) for r in ROLES}
+    capr = {r: np.minimum(it.caps[r], L).astype(np.int64) for r in ROLES}
+    for K in (2, 3, 4):
+        want = min((sum(F[r][q] + n * R[q] for q, n, r in x[0]) for x in plans if len(x[0]) >= K), default=math.inf)
+        got = knapsack_min_stages(R, F["middle"], F["first"], F["last"], capr["middle"], capr["first"],
+                                  capr["last"], L, K)
+        assert got == pytest.approx(want, rel=1e-12)
+    # the class knapsack bounds every plan of the class, and only those
+    broken = False
+    walls = sorted(x[1] for x in plans)
+    for ta in walls[:: max(1, len(walls) // 6)]:
+        for k_lo in (3, 4):
+            it.k_lo = k_lo
+            cv = it._class_knapsack(np.arange(m), ta, it.caps)
+            for path, W, _a, _b, f in plans:
+                if W >= ta and len(path) >= k_lo:
+                    assert cv <= f * (1 + 1e-12)
+                elif W >= ta and len(path) == 3:
+                    broken |= cv > f * (1 + 1e-9)
+    assert broken
+    # a search over plans of at least k stages: the least wall time among them
+    wall = np.append(np.arange(m), m)
+    S = Costs(it.Rw, it.Fw, it.HW[np.ix_(wall, wall)])
+    for k in (1, 3, 4):
+        out = Search(S, S, it.caps, L, min_stages=k).run()
+        assert len(out.stages) >= k
+        assert out.P == pytest.approx(min(x[1] for x in plans if len(x[0]) >= k), rel=1e-12)
+    # narrow, against an incumbent 1% of the plans of three and four stages beat: under a wall-time cap it
+    # only filters (and drops a peer); with none it also prices every three-stage plan and narrows again
+    fs = sorted(x[4] for x in plans if len(x[0]) >= 3)
+    for w_max in (2 * walls[-1], math.inf):
+        nar = IntervalSearch(eng, idx, fastest.latency_s, floor, w_max=w_max)
+        nar.k_lo, nar.U = 3, fs[len(fs) // 100]
+        nar.narrow()
+        assert nar.k_lo == (3 if w_max < math.inf else 4)
+        if w_max < math.inf:
+            assert not nar.alive.all()
+        else:  # every three-stage plan was priced
+            assert nar.U == pytest.approx(min(fs[len(fs) // 100], fresh.U), rel=1e-12)
+        for path, _w, _a, _b, f in plans:
+            if len(path) >= nar.k_lo and f < nar.U * (1 - 1e-9):
+                assert all(nar.alive[q] for q, _, _ in path)
+
+
+@pytest.mark.parametrize("seed,n", fast_sample([(2, 10), (3, 14), (0, 12)], 1))
 def test_lagrangian_interval_bounds_keep_the_proof_exact(seed, n):
-    """Swarms where some interval's knapsack set is too slow for it, so its Lagrangian bounds of W <= tb are
-    computed (the order-free one, intervals.IntervalSearch._dual, and the one with the real hops over the
-    DSSR relaxation, search.lagrangian): the proof still matches the independent MILP."""
+    """Swarms where some interval's knapsack set is too slow for it, so its Lagrangian bound of W <= tb with
+    the real hops over the DSSR relaxation (search.lagrangian) is computed: the proof still matches the
+    independent MILP."""
     ev = _check(random_swarm(500 + seed, n, vram=(0.3, 1.2)), CostOptions())
     s = ev.plan.notes["search"]
-    assert s["method"] == "wall-time intervals" and s["duals"] > 0 and s["lagrangians"] > 0
+    assert s["method"] == "wall-time intervals" and s["lagrangians"] > 0
+
+
+def test_order_free_dual_keeps_the_proof_exact(monkeypatch):
+    """The order-free Lagrangian dual of W <= tb (intervals.IntervalSearch._dual), the only bound an interval
+    gets when its knapsack set is deep (more than SUB_MAX_STAGES stages): with that limit at one stage every
+    interval that needs more than its knapsack takes it, and the proof still matches the independent MILP."""
+    from prismn.placement import intervals
+
+    monkeypatch.setattr(intervals, "SUB_MAX_STAGES", 1)
+    ev = _check(random_swarm(502, 12, vram=(0.3, 1.2)), CostOptions())
+    s = ev.plan.notes["search"]
+    assert s["method"] == "wall-time intervals" and s["duals"] > 0
 
 
 @pytest.mark.parametrize("seed", fast_sample(range(4), 2))

@@ -315,3 +315,96 @@ def best_two_stage(HW, Rw, FwF, FwL, Rb, FbF, FbL, alpha, capF, capL, L, w_max):
             if f < best:
                 best, bp, bq, bn = f, p, q, n
     return best, bp, bq, bn
+
+
+@njit(cache=True)
+def best_three_stage(HW, Rw, FwF, FwM, FwL, Rb, FbF, FbM, FbL, alpha, capF, capM, capL, L, w_max):
+    """A good three-stage plan (p first, q middle, r last, distinct) for f = A W + B with W <= w_max, over
+    every ordered triple of the (few) peers given: (f, p, q, r, n_p, n_q), p = -1 when none fits. For a
+    fixed route A is fixed and f is linear in the layer counts, so each route's layers go to the lowest
+    rate A Rw + Rb first, up to each cap (the least f of the route); a route whose split exceeds w_max is
+    skipped (this prices incumbents: the split is not re-optimised under the cap). O(m^3)."""
+    m = Rw.shape[0]
+    best, bp, bq, br, b1, b2 = INF, -1, -1, -1, -1, -1
+    if L < 3:
+        return best, bp, bq, br, b1, b2
+    cap = np.empty(3, dtype=np.int64)
+    rate = np.empty(3)
+    n = np.empty(3, dtype=np.int64)
+    for p in range(m):
+        if capF[p] < 1:
+            continue
+        for q in range(m):
+            if q == p or capM[q] < 1:
+                continue
+            for r in range(m):
+                if r == p or r == q or capL[r] < 1:
+                    continue
+                cap[0], cap[1], cap[2] = min(capF[p], L), min(capM[q], L), min(capL[r], L)
+                if cap[0] + cap[1] + cap[2] < L:
+                    continue
+                a = alpha[p] + alpha[q] + alpha[r]
+                rate[0], rate[1], rate[2] = a * Rw[p] + Rb[p], a * Rw[q] + Rb[q], a * Rw[r] + Rb[r]
+                n[0], n[1], n[2] = 1, 1, 1
+                left = L - 3
+                for _ in range(3):  # the lowest remaining rate first (lowest position on ties)
+                    k = -1
+                    for i in range(3):
+                        if cap[i] > 0 and (k < 0 or rate[i] < rate[k]):
+                            k = i
+                    take = min(cap[k] - 1, left)
+                    n[k] += take
+                    left -= take
+                    cap[k] = -cap[k]  # taken
+                W = (HW[m, p] + FwF[p] + n[0] * Rw[p] + HW[p, q] + FwM[q] + n[1] * Rw[q]
+                     + HW[q, r] + FwL[r] + n[2] * Rw[r] + HW[r, m])
+                if W > w_max:
+                    continue
+                f = a * W + FbF[p] + n[0] * Rb[p] + FbM[q] + n[1] * Rb[q] + FbL[r] + n[2] * Rb[r]
+                if f < best:
+                    best, bp, bq, br, b1, b2 = f, p, q, r, n[0], n[1]
+    return best, bp, bq, br, b1, b2
+
+
+@njit(cache=True)
+def knapsack_min_stages(R, Fm, Ff, Fl, capM, capF, capL, L, K):
+    """The least cost of an order-free stage set (one first, one last, middles; see knapsack_table) with at
+    least K >= 2 stages: the knapsack's DP with the stage count (capped at K) in its state. Value only."""
+    m = R.shape[0]
+    C = np.full((4, K + 1, L + 1), INF)
+    C[0, 0, 0] = 0.0
+    for p in range(m):
+        N = C.copy()
+        for role in range(3):  # as knapsack_table: middle keeps the end roles, first/last add theirs
+            if role == 0:
+                cap, F = capM[p], Fm[p]
+            elif role == 1:
+                cap, F = capF[p], Ff[p]
+            else:
+                cap, F = capL[p], Fl[p]
+            cap = min(cap, L)
+            if cap < 1:
+                continue
+            for s in range(4):
+                if role == 0:
+                    d = s
+                elif role == 1:
+                    if s & 1:
+                        continue
+                    d = s | 1
+                else:
+                    if s & 2:
+                        continue
+                    d = s | 2
+                for c in range(K + 1):
+                    c2 = min(c + 1, K)
+                    for j in range(1, L + 1):
+                        best = INF
+                        for n in range(1, min(cap, j) + 1):
+                            v = C[s, c, j - n] + (F + n * R[p])
+                            if v < best:
+                                best = v
+                        if best < N[d, c2, j]:
+                            N[d, c2, j] = best
+        C = N
+    return C[3, K, L]

@@ -21,10 +21,16 @@ LB(ta, tb) is linear in the plan and order-free except for the constraint W <= t
     gives it exactly.
 
 Plans of one and two stages are priced one by one first (price_few_stages, exact), so the intervals
-bound only plans of k >= 3 stages, and the Lagrangian and the search minimise a tighter cost that keeps
-part of the wall time above ta (class_costs): E = sum_i [(alpha_i - a) max(ta, floor_i) + a ta] +
-3a (W - ta) + B <= f, a the least alpha, which gives up (A - 3a)(W - ta) where the linear bound above gives
-up A (W - ta); on peers of similar alpha that is a tenth as much, so far fewer intervals need splitting.
+bound only plans of k >= k_lo = 3 stages (the class), and the Lagrangian and the search minimise a tighter
+cost that keeps part of the wall time above ta (class_costs): E = sum_i [(alpha_i - a) max(ta, floor_i) +
+a ta] + k_lo a (W - ta) + B <= f, a the least alpha, which gives up (A - k_lo a)(W - ta) where the linear
+bound above gives up A (W - ta); on peers of similar alpha that is a tenth as much. Before any interval,
+narrow() drops every peer through which no plan of the class can beat the incumbent (E at ta = omega0,
+relaxed through each peer), and with few peers left and no wall-time cap prices every three-stage plan
+over them (exact), so the class becomes k_lo = 4. Every bound then counts only plans of the class: the
+order-free knapsack of E, its wall time bounded by the stages' shares, over sets of at least k_lo
+stages (_class_knapsack), and the search with min_stages = k_lo. When the best plans have three stages
+(1,000 peers), plans of four stages cost far more, and most intervals close at their first knapsacks.
 
 The argmin plan P (W(P) = w, ta < w <= tb) is an incumbent; the interval splits into [ta, w) and
 [w, tb], and on [w, tb] the bound at ta = w is f(P) itself when P is again the argmin: the interval
@@ -69,6 +75,8 @@ LAGR_STEPS = 4  # relaxations of P + lam W per interval (the dual of W <= tb wit
 REL = 1e-12
 SEARCH_WIDTH = 1e-2  # intervals wider than this (relative) split instead of searching
 SPLIT_MIN = 1e-4  # intervals narrower than this (relative) are split at the argmin's wall time only
+THREE_STAGE_PEERS = 120  # narrow() prices every three-stage plan when at most this many peers remain
+#                          (O(m^3) in compiled code: about 15 ms at 120 here)
 FEW_STAGES = 2  # plans of at most this many stages are priced one by one (exact); the intervals bound the
 #                 others, each of which holds at least FEW_STAGES + 1 peers for the whole wall time
 
@@ -78,6 +86,10 @@ def _no_hops(m: int) -> np.ndarray:
     W = np.zeros((m + 1, m + 1))
     np.fill_diagonal(W, INF)
     return W
+
+
+def _take(caps: dict[str, np.ndarray], k: np.ndarray) -> dict[str, np.ndarray]:
+    return {r: caps[r][k] for r in ROLES}
 
 
 def _restrict(c: Costs, k: np.ndarray) -> Costs:
@@ -120,6 +132,7 @@ class IntervalSearch:
         self.k_lo = 1  # every plan the intervals must still bound has at least this many stages
         self.best: list[tuple[int, int, str]] | None = None  # the incumbent: every plan a bound meets is offered
         self.U = INF
+        self.alive = np.ones(m, dtype=bool)  # peers a plan that beats the incumbent may still use (narrow)
 
     # ---- plans -------------------------------------------------------------------------------------
     def evaluate(self, path: list[tuple[int, int, str]]) -> tuple[float, float, float, float]:
@@ -170,12 +183,53 @@ class IntervalSearch:
                 self.offer([(int(p), int(n), "first"), (int(q), L - int(n), "last")])
         self.k_lo = FEW_STAGES + 1
 
+    def price_three_stages(self, sub: np.ndarray) -> None:
+        """Offer the best three-stage plan over the peers `sub` (local indices): every ordered triple, each
+        split optimally (compiled.best_three_stage, O(|sub|^3)). Exact over them when w_max is INF; under a
+        wall-time cap it skips a route whose best split exceeds it (an incumbent only)."""
+        from prismn.placement.compiled import as_f64, as_i64, best_three_stage
+
+        L = self.L
+        if L < 3 or len(sub) < 3:
+            return
+        w = np.append(sub, self.m)
+        fw, fb = ({r: as_f64(x[r][sub]) for r in ("first", "middle", "last")} for x in (self.Fw, self.Fb))
+        cap = {r: as_i64(np.minimum(self.caps[r][sub], L)) for r in ("first", "middle", "last")}
+        f, p, q, r, n1, n2 = best_three_stage(
+            as_f64(self.HW[np.ix_(w, w)]), as_f64(self.Rw[sub]), fw["first"], fw["middle"], fw["last"],
+            as_f64(self.Rb[sub]), fb["first"], fb["middle"], fb["last"], as_f64(self.alpha[sub]),
+            cap["first"], cap["middle"], cap["last"], int(L), float(self.w_max))
+        if p >= 0:
+            self.offer([(int(sub[p]), int(n1), "first"), (int(sub[q]), int(n2), "middle"),
+                        (int(sub[r]), L - int(n1) - int(n2), "last")])
+
+    def narrow(self) -> None:
+        """Drop the peers no plan of the class (at least k_lo stages) that beats the incumbent can use, over
+        the whole run: E at ta = omega0 (class_costs) bounds f on every plan of the class, since every
+        plan's wall time is at least omega0, so the relaxed least E through a peer (may_beat's first test)
+        bounds every such plan through it. Plans of fewer stages are priced already. At 1,000 peers a few
+        dozen of several hundred candidates remain. Then, with no wall-time cap, every three-stage plan
+        over the few that remain is priced (exactly: for a fixed route f is linear in the layer counts),
+        the class becomes plans of at least four stages, and its tighter E narrows again."""
+        for _ in range(2):
+            sub = np.nonzero(self.alive)[0]
+            if not len(sub):
+                return
+            P, shift = self.class_costs(sub, self.omega0, _restrict(self.wall_costs, sub))
+            caps = _take(self.caps, sub)
+            thr = through_bounds(P, caps, self.L, relaxed_bounds(P, caps, self.L)) - shift
+            self.alive[sub[thr >= self.U * (1 - REL)]] = False
+            if self.k_lo != FEW_STAGES + 1 or self.w_max < INF or self.alive.sum() > THREE_STAGE_PEERS:
+                return
+            self.price_three_stages(np.nonzero(self.alive)[0])
+            self.k_lo = FEW_STAGES + 2
+
     # ---- one interval ------------------------------------------------------------------------------
     def bound(self, ta: float, tb: float, ub: float):
         """LB(ta, tb) (see module doc) and a plan attaining it: (value, path, exact). value >= ub means
         nothing in the interval beats ub (path may be None); exact False: a valid bound only."""
         self.subsolves += 1
-        sub = np.nonzero(self.floor <= tb * (1 + REL))[0]
+        sub = np.nonzero((self.floor <= tb * (1 + REL)) & self.alive)[0]
         if not len(sub):
             return INF, None, True
         res = self.alpha[sub] * np.maximum(ta, self.floor[sub])
@@ -190,21 +244,21 @@ class IntervalSearch:
         path, value = solve_order_free(R, F, caps, self.L)
         if path is None or value >= ub * (1 - REL):
             return value, None, True
+        if self.k_lo >= FEW_STAGES + 1:  # the plans left to bound have at least k_lo stages
+            value = max(value, self._class_knapsack(sub, ta, caps))
+            if value >= ub * (1 - REL):
+                return value, None, True
         path = self.fastest_order([(int(sub[q]), n, r) for q, n, r in path])
         if self.offer(path) <= tb * (1 + REL):
             return value, path, True
-        dual = self._dual(sub, R, F, caps, tb, ub, value, path)
-        if dual >= ub * (1 - REL):
-            return dual, None, True
-        value = max(value, dual)
-        if len(path) > SUB_MAX_STAGES:  # deep: the W-bounded search would not finish; a bound only
-            return value, path, False
+        if len(path) > SUB_MAX_STAGES or self.L * len(sub) ** 2 > SUB_CELLS:
+            # deep (the W-bounded search would not finish), or too many peers for even one relaxation
+            # table: the order-free Lagrangian dual is the only bound left; the interval splits
+            dual = self._dual(sub, R, F, caps, tb, ub, value, path)
+            return (dual, None, True) if dual >= ub * (1 - REL) else (max(value, dual), path, False)
         # the label search only where splitting no longer tightens the bound (narrow intervals), within budget
         searchable = self.labels < TOTAL_LABELS and tb - ta <= SEARCH_WIDTH * ta
-        if self.L * len(sub) ** 2 > SUB_CELLS:  # too many peers for even one relaxation table: split only
-            return value, path, False
         # the knapsack's set is too slow for the interval: the W-bounded search, exact
-        m = len(sub)
         wall_idx = np.append(sub, self.m)
         S = Costs(self.Rw[sub], {r: self.Fw[r][sub] for r in ROLES}, self.HW[np.ix_(wall_idx, wall_idx)])
         P, shift = self.class_costs(sub, ta, S)
@@ -215,7 +269,6 @@ class IntervalSearch:
             k = np.nonzero(ok)[0]
             sub, R, F, caps = sub[k], R[k], {r: F[r][k] for r in ROLES}, {r: caps[r][k] for r in ROLES}
             S, P = _restrict(S, k), _restrict(P, k)
-            m = len(sub)
         path_s, vs, tables_s = self._fastest_in(sub, S, caps)
         if vs > tb * (1 + REL):
             return INF, None, True
@@ -235,7 +288,7 @@ class IntervalSearch:
         if searchable and tables_s is None:
             tables_s = dssr(S, caps, self.L, SUB_THETA, max_cells=SUB_CELLS)[2].pop("tables", None)
         s = Search(P, S, caps, self.L, tb, tables_P=info_p.pop("tables", None), tables_S=tables_s,
-                   amortise=True) if searchable else None
+                   amortise=True, min_stages=self.k_lo) if searchable else None
         if path_s is not None:  # the Lagrangian dual of W <= tb with the real hops (DSSR-relaxed)
             at = {int(g): i for i, g in enumerate(sub)}
             start = path_p
@@ -257,15 +310,6 @@ class IntervalSearch:
         out = self._searched(s)
         if out is None:
             return (value, None, False) if s.gave_up else (INF, None, True)
-        if out.proven and not settles(out.stages):
-            # E's optimum is a plan of fewer stages (priced already, not in this class): the search of the
-            # interval's own order-free cost instead, exact for every plan
-            Pz = Costs(R, F, _no_hops(m))
-            _, _, info_z = dssr(Pz, caps, self.L, SUB_THETA, max_cells=SUB_CELLS)
-            s = Search(Pz, S, caps, self.L, tb, tables_P=info_z.pop("tables", None), tables_S=tables_s, amortise=True)
-            out, shift = self._searched(s), 0.0
-            if out is None:
-                return (value, None, False) if s.gave_up else (INF, None, True)
         path = plan_of(out.stages)
         self.offer(path)
         return (max(value, out.P - shift) if out.proven else max(value, out.lower_bound - shift)), path, out.proven
@@ -311,6 +355,24 @@ class IntervalSearch:
         per_stage = Costs(self.Rb[sub], {r: (self.alpha[sub] - a) * f_i + a * ta + self.Fb[r][sub] for r in ROLES},
                           _no_hops(len(sub)))
         return per_stage.combine(1.0, S, lift), lift * ta
+
+    def _class_knapsack(self, sub: np.ndarray, ta: float, caps: dict[str, np.ndarray]) -> float:
+        """A lower bound on f over the plans of the class (at least k_lo stages) on peers `sub` with W >= ta,
+        order-free: E (class_costs) with its wall time W bounded below by the stages' shares (stage_shares,
+        W >= sum_i w_role(i) + n_i Rw_i), minimised over stage sets of at least k_lo stages
+        (compiled.knapsack_min_stages). Since every stage reserves its peer for at least ta, forcing k_lo
+        stages is what lifts this above the all-plans knapsack when the best plans have fewer."""
+        from prismn.placement.compiled import as_f64, as_i64, knapsack_min_stages
+
+        a = float(self.alpha[sub].min())
+        lift = self.k_lo * a
+        base = (self.alpha[sub] - a) * np.maximum(ta, self.floor[sub]) + a * ta
+        F = {r: base + lift * self.w_role[r][sub] + self.Fb[r][sub] for r in ("first", "middle", "last")}
+        R = self.Rb[sub] + lift * self.Rw[sub]
+        cap = {r: as_i64(np.minimum(caps[r], self.L)) for r in ("first", "middle", "last")}
+        v = knapsack_min_stages(as_f64(R), as_f64(F["middle"]), as_f64(F["first"]), as_f64(F["last"]),
+                                cap["middle"], cap["first"], cap["last"], int(self.L), int(self.k_lo))
+        return v - lift * ta
 
     def _searched(self, s: Search):
         """The W-bounded label search within its budget (labels counted)."""
@@ -388,6 +450,7 @@ class IntervalSearch:
             self.offer(incumbent)
         if self.m:
             self.price_few_stages()
+            self.narrow()
         U = self.U
         a_min = float(self.alpha.min()) if self.m else 0.0
         tmax = U / a_min if a_min > 0 else INF  # f < U needs A W < U, A >= a_min

@@ -52,6 +52,7 @@ RESERVED_LABELS = 60_000  # labels one search may create (deterministic; bounds 
 RESERVED_POPS = 2_000  # labels one search may expand (deterministic budget; ~10 ms each at 800 candidates)
 OMEGA_GRID = 12  # wall-time grid points (Ω0 .. 8 Ω0, geometric) of the order-free cost-to-go tables
 UB_OMEGAS = (1.0, 1.25, 1.6, 2.0, 3.0)  # knapsack incumbents at ω = Ω0 x these
+FEW_PEERS = 48  # peers (best lower bounds first) whose plans of at most three stages are all priced (O(m^3))
 UB_PEERS = 120  # most peers (best lower bounds first) the incumbent knapsacks look at
 
 
@@ -469,7 +470,11 @@ def solve_reserved(engine, wl: float, wc: float, bl: float | None, bf: float | N
     omega0 = max(omega0, float(finite.min()))
     if bl is not None and omega0 > bl * (1 + 1e-12):
         return None
-    lbq = peer_lower_bounds(engine, wl, wc, omega0)
+    cache = engine.__dict__.setdefault("_reserved_lbq", {})  # the tie-break's solve asks for the same
+    key = (wl, wc, omega0)
+    if key not in cache:
+        cache[key] = peer_lower_bounds(engine, wl, wc, omega0)
+    lbq = cache[key]
     alive = engine.usable[np.isfinite(lbq[engine.usable])]
     if only is not None:  # the caller knows every plan that can meet the bounds uses only these peers
         alive = np.intersect1d(alive, only)
@@ -492,7 +497,21 @@ def solve_reserved(engine, wl: float, wc: float, bl: float | None, bf: float | N
                 continue
             path = [path[i] for i in best_order(_sub_hops(HW, path), len(path))]
             plans.append([(int(pool[q]), n, r) for q, n, r in path])
-    if wc and bl is None and bf is None and fastest is not None and fastest.proven:
+    shallow = False
+    if wc and not wl and bf is None and (bl is None or inst.batch == 1) and len(order):
+        # the best plan of at most three stages over the few peers of least lower bound: at 1,000 peers
+        # the optimum's peers rank among the first 25 or so, so this is often the optimum itself, and a
+        # good incumbent filters far more peers below
+        from prismn.placement.intervals import IntervalSearch
+
+        few = order[:FEW_PEERS]
+        it = IntervalSearch(engine, few, omega0, lat_lbq[few], INF if bl is None else bl * (1 + 1e-12))
+        it.price_few_stages()
+        it.price_three_stages(np.arange(len(few)))
+        if it.best is not None:
+            plans.append([(int(few[q]), n, r) for q, n, r in it.best])
+            shallow = True
+    if wc and bl is None and bf is None and fastest is not None and fastest.proven and not shallow:
         # the least carbon among the fastest plans (a small search: only peers that fast take part)
         tied = solve_reserved(engine, 0.0, 1.0, fastest.latency_s * (1 + 1e-12), None, TIE_POPS,
                               tie_candidates(engine, fastest))

@@ -193,8 +193,9 @@ class Search:
 
     def __init__(self, P: Costs, S: Costs, caps: dict[str, np.ndarray], L: int,
                  bound_S: float | None = None, tie_rel: float = 1e-12, tables_P=None, tables_S=None,
-                 amortise: bool = False):
+                 amortise: bool = False, min_stages: int = 1):
         self.P, self.S, self.caps, self.L = P, S, caps, L
+        self.min_stages = min_stages  # plans of fewer stages are not solutions (a bound for a class of plans)
         self.m = len(P.R)
         self.bound = INF if bound_S is None else bound_S * (1 + 1e-12)
         self.bP = relaxed_bounds(P, caps, L)
@@ -217,8 +218,8 @@ class Search:
         return math.floor(x / self.quantum)
 
     # -------------------------------------------------------------------------------------------
-    def _children(self, j: int, p: int, used: np.ndarray, gP: float, gS: float):
-        """Vectorised successors: (q, n, role, gP', gS', fP', fS', complete) for the label."""
+    def _children(self, j: int, p: int, used: np.ndarray, gP: float, gS: float, depth: int = 0):
+        """Vectorised successors: (q, n, role, gP', gS', fP', fS', complete) for the label (of `depth` stages)."""
         L, m, caps = self.L, self.m, self.caps
         P, S = self.P, self.S
         out = []
@@ -230,7 +231,7 @@ class Search:
         n_end = L - j
         role_end = "only" if p < 0 else "last"
         ok = free & (caps[role_end] >= n_end)
-        if ok.any():
+        if ok.any() and depth + 1 >= self.min_stages:
             q = np.nonzero(ok)[0]
             gp = gP + P.W[src, q] + P.F[role_end][q] + n_end * P.R[q] + P.W[q, m]
             gs = gS + S.W[src, q] + S.F[role_end][q] + n_end * S.R[q] + S.W[q, m]
@@ -297,6 +298,7 @@ class Search:
         GP: list[float] = [0.0]
         GS: list[float] = [0.0]
         PAR: list[int] = [-1]
+        D: list[int] = [0]  # stages so far
         N: list[int] = [0]
         ROLE: list[str] = [""]
         DONE: list[bool] = [False]
@@ -313,12 +315,13 @@ class Search:
             GP.append(gp)
             GS.append(gs)
             PAR.append(par)
+            D.append(D[par] + 1 if par >= 0 else 0)
             N.append(n)
             ROLE.append(role)
             DONE.append(done)
             return len(J) - 1
 
-        if incumbent:
+        if incumbent and len(incumbent) >= self.min_stages:
             # cost it with the same arrays and seed the queue with it as a complete label
             lab, j, src, v, gp, gs = 0, 0, m, 0, 0.0, 0.0
             ok = True
@@ -343,6 +346,7 @@ class Search:
         heapq.heappush(heap, (self._q(self.bP.root), self.bS.root, 0, counter, 0))
         counter += 1
         pops = 0
+        k_min = self.min_stages  # a label of fewer stages dominates one only when it has as many, up to k_min
         while heap:
             kq, ks, _, _, lab = heapq.heappop(heap)
             if lab in dead:
@@ -356,7 +360,8 @@ class Search:
                 return self._give_up(heap, best_key, J, Pp, PAR, N, ROLE, DONE, GP, GS, pops, t0)
             j, p, v = J[lab], Pp[lab], V[lab]
             used_mask = _unpack(v, m)
-            for q, n, role, gp, gs, fp, fs, complete in self._children(j, p, used_mask, GP[lab], GS[lab]):
+            depth = D[lab]
+            for q, n, role, gp, gs, fp, fs, complete in self._children(j, p, used_mask, GP[lab], GS[lab], depth):
                 kp = np.floor(fp / self.quantum)
                 keep = fs <= self.bound
                 if best_key is not None:
@@ -379,7 +384,8 @@ class Search:
                         for other in lst:
                             if other in dead:
                                 continue
-                            if GP[other] <= g1 and GS[other] <= g2 and (V[other] & ~vv) == 0:
+                            if GP[other] <= g1 and GS[other] <= g2 and (V[other] & ~vv) == 0 and \
+                                    min(D[other], k_min) >= min(depth + 1, k_min):
                                 dominated = True
                                 break
                         if dominated:
@@ -387,7 +393,8 @@ class Search:
                         child = new_label(jj, qq, vv, g1, g2, lab, nn, role, False)
                         # drop labels the new one dominates
                         for other in lst:
-                            if other not in dead and g1 <= GP[other] and g2 <= GS[other] and (vv & ~V[other]) == 0:
+                            if other not in dead and g1 <= GP[other] and g2 <= GS[other] and (vv & ~V[other]) == 0 \
+                                    and min(depth + 1, k_min) >= min(D[other], k_min):
                                 dead.add(other)
                         lst.append(child)
                     else:
