@@ -333,15 +333,17 @@ def deep_cases(seeds: int) -> list[dict]:
     return out
 
 
-def thousand_peer_target(spec, seeds: int, reserved_seeds: int) -> dict:
-    """Issue 9 item 6: 1,000 peers, median <= 50 ms and max <= 200 ms over 20 seeds, latency and carbon."""
+def thousand_peer_target(spec, seeds: int, reserved_seeds: int, first_seed: int = 100) -> dict:
+    """Issue 9 item 6: 1,000 peers, median <= 50 ms and max <= 200 ms over 20 seeds, latency and carbon.
+    The target's seeds are generate_swarm(1000, 100 + s); the held-out run (first_seed 1000) is the same
+    measurement on swarms no change was ever tuned on, reported apart."""
     objectives = {"latency": Objective("latency"), "carbon": Objective("carbon"),
                   "carbon (operational)": Objective("carbon", carbon_scope="operational")}
     times: dict[str, list[float]] = {k: [] for k in objectives}
     proven = {k: 0 for k in objectives}
     gaps: dict[str, list[float]] = {k: [] for k in objectives}
     for seed in range(seeds):
-        sw = parse_swarm(generate_swarm(1000, 100 + seed))
+        sw = parse_swarm(generate_swarm(1000, first_seed + seed))
         for kind, obj in objectives.items():
             if kind == "carbon" and seed >= reserved_seeds:
                 continue
@@ -353,7 +355,8 @@ def thousand_peer_target(spec, seeds: int, reserved_seeds: int) -> dict:
     out = {k: {"median_s": statistics.median(v), "max_s": max(v), "all_s": v, "proven": proven[k], "runs": len(v),
                "max_gap": max(gaps[k])} for k, v in times.items() if v}
     out["target"] = "median <= 0.05 s, max <= 0.2 s"
-    print("1000 peers x", seeds, "seeds:", {k: (round(v["median_s"], 3), round(v["max_s"], 3))
+    out["seeds"] = f"generate_swarm(1000, {first_seed} + s), s = 0..{seeds - 1}"
+    print("1000 peers x", seeds, f"seeds from {first_seed}:", {k: (round(v["median_s"], 3), round(v["max_s"], 3))
                                            for k, v in out.items() if k != "target"}, flush=True)
     return out
 
@@ -390,6 +393,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--target-seeds", type=int, default=20, help="seeds of the 1,000-peer solve-time target")
     ap.add_argument("--target-reserved-seeds", type=int, default=20,
                     help="of those, seeds the default (reserved) carbon objective runs on (each up to ~1 s here)")
+    ap.add_argument("--held-out-seeds", type=int, default=20,
+                    help="the same 1,000-peer measurement on seeds 1000.. (never tuned on), reported apart")
     ap.add_argument("--out", default="docs/bench/placement.json")
     ap.add_argument("--pareto-png", default="docs/bench/pareto.png", help="Pareto chart of one 200-peer swarm")
     args = ap.parse_args(argv)
@@ -421,6 +426,8 @@ def main(argv: list[str] | None = None) -> int:
         deep_key(c): {"stages": c["stages"], "solve_s": c["solve_s"], "proof": c["proof"]}
         for c in d["solves"]}} for d in deep]
     summary["thousand_peers"] = target
+    summary["thousand_peers_held_out"] = thousand_peer_target(spec, args.held_out_seeds, args.held_out_seeds, 1000) \
+        if args.held_out_seeds else None
     summary["compiled_first_use"] = first_use
     out = {"model": MODEL, "dtype": "bf16", "layers": spec.n_layers, "machine": {
         "python": sys.version.split()[0], "platform": platform.platform(), "numpy": np.__version__,

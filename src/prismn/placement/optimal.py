@@ -49,6 +49,7 @@ from prismn.placement.search import (
     Costs,
     Result,
     Search,
+    best_three_stage_plan,
     cheapest_fill,
     dssr,
     lagrangian,
@@ -69,6 +70,8 @@ SEED_THETA, SEED_POPS = 6, 2_000
 # (each one doubles the tables: 2^theta x L x m^2 work). Small values make 1,000-peer latency solves
 # faster but leave deep ones to the search (theta 4: a 15-peer swarm went unproven), so: as before.
 SEARCH_THETA = 14
+THREE_STAGE_POOL = 64  # peers (best relaxed plans through them first) whose three-stage plans seed a scalar
+#                        solve with hops (compiled, O(64^3): about 2 ms)
 SEARCH_POPS = 10_000  # labels one best-first search may expand (the slowest seen here: ~80 s)
 STRATEGY = "prismn"
 # the evaluator's metric each carbon scope minimises
@@ -294,6 +297,10 @@ class Engine:
             if inc is not None:
                 break
             seed_n *= 4
+        if inc is not None and bound_s is None and wl:  # before growing the seed: three-stage plans
+            three = self._three_stage_seed(order[:2 * THREE_STAGE_POOL], wl, wc, sl, sc, inc.P)
+            if three is not None:
+                seed_idx, inc = three
         # a seed that leaves many peers alive gave a loose bound: grow it (x4) while that pays
         while inc is not None and seed_n < len(order):
             alive_n = int((lbP[order] <= inc.P * (1 + 1e-9) + 1e-300).sum())
@@ -322,8 +329,19 @@ class Engine:
                 if again is not None and again.P < ub:
                     seed_idx, inc, ub = best_first[:n2], again, again.P
                     keep = through <= ub * (1 + 1e-9) + 1e-300  # the seed's own peers are within it
-                    cand = cand[keep]
+                    cand, through = cand[keep], through[keep]
                     stats.update({"second_seed": n2, "after_second_seed": len(cand)})
+            if bound_s is None and through is not None and wl:
+                # every three-stage plan over the peers whose relaxed best plans are best: at 1,000 peers
+                # the optimum often has three stages among the first 64, and a tight incumbent filters
+                # far more of the rest
+                three = self._three_stage_seed(cand[np.argsort(through, kind="stable")[:THREE_STAGE_POOL]],
+                                               wl, wc, sl, sc, ub)
+                if three is not None:
+                    seed_idx, inc, ub = three[0], three[1], three[1].P
+                    keep = through <= ub * (1 + 1e-9) + 1e-300
+                    cand, through = cand[keep], through[keep]
+                    stats["after_three_stage_seed"] = len(cand)
             K = self.stage_bound(wl, wc, ub)
             if bound_s is not None and sl:
                 K = min(K, self.stage_bound(sl, sc, bound_s))
@@ -369,6 +387,17 @@ class Engine:
             S = self.costs(sl, sc, idx, W_lat)
             keep &= through_bounds(S, caps, self.L, relaxed_bounds(S, caps, self.L)) <= bound_s * (1 + 1e-12)
         return idx[keep], through[keep]
+
+    def _three_stage_seed(self, pool, wl, wc, sl, sc, ub: float) -> tuple[np.ndarray, Result] | None:
+        """The best three-stage plan over the peers `pool` when it costs less than ub: (pool, it as a seed
+        Result over positions in pool), else None (search.best_three_stage_plan, unbounded problems)."""
+        W3 = self.inst.hop_time_matrix(pool)
+        P3 = self.costs(wl, wc, pool, W3)
+        three = best_three_stage_plan(P3, {r: self.inst.caps[r][pool] for r in ROLES}, self.L)
+        if three is None or path_cost(P3, three) >= ub:
+            return None
+        S3 = self.costs(sl, sc, pool, W3)
+        return pool, Result(three, path_cost(P3, three), path_cost(S3, three), False, 0, -INF, note="three-stage seed")
 
     def _seed(self, idx, wl, wc, sl, sc, bound_s) -> Result | None:
         """A good feasible plan on a few peers. Unbounded: a small relaxation, else a greedy dive. Bounded:

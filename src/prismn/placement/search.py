@@ -540,6 +540,25 @@ def path_cost(c: Costs, path: list[tuple[int, int, str]]) -> float:
     return total + c.W[src, m]
 
 
+def best_three_stage_plan(c: Costs, caps: dict[str, np.ndarray], L: int) -> list[tuple[int, int, str]] | None:
+    """The least-cost plan of exactly three stages of an additive cost over every ordered triple of its
+    (few) peers, each route's layers split optimally (compiled.best_three_stage, O(m^3); the additive cost
+    is its f = A x W + B with A = 1 and B = 0). None when no three stages hold the model."""
+    from prismn.placement.compiled import as_f64, as_i64, best_three_stage
+
+    m = len(c.R)
+    if L < 3 or m < 3:
+        return None
+    zero, third = np.zeros(m), np.full(m, 1.0 / 3.0)  # A = 1 over any three peers
+    cap = {r: as_i64(np.minimum(caps[r], L)) for r in ("first", "middle", "last")}
+    f, p, q, r, n1, n2 = best_three_stage(as_f64(c.W), as_f64(c.R), as_f64(c.F["first"]), as_f64(c.F["middle"]),
+                                          as_f64(c.F["last"]), zero, zero, zero, zero, third, cap["first"],
+                                          cap["middle"], cap["last"], int(L), INF)
+    if p < 0:
+        return None
+    return [(int(p), int(n1), "first"), (int(q), int(n2), "middle"), (int(r), L - int(n1) - int(n2), "last")]
+
+
 @dataclass
 class Lagrangian:
     dual: float  # the best min(P + lam S) - lam bound found: a lower bound on min P subject to S <= bound
