@@ -357,7 +357,7 @@ def thousand_peer_target(spec, seeds: int, reserved_seeds: int, first_seed: int 
     out["target"] = "median <= 0.05 s, max <= 0.2 s"
     out["seeds"] = f"generate_swarm(1000, {first_seed} + s), s = 0..{seeds - 1}"
     print("1000 peers x", seeds, f"seeds from {first_seed}:", {k: (round(v["median_s"], 3), round(v["max_s"], 3))
-                                           for k, v in out.items() if k != "target"}, flush=True)
+                                           for k, v in out.items() if isinstance(v, dict)}, flush=True)
     return out
 
 

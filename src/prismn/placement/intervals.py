@@ -75,6 +75,7 @@ LAGR_STEPS = 4  # relaxations of P + lam W per interval (the dual of W <= tb wit
 REL = 1e-12
 SEARCH_WIDTH = 1e-2  # intervals wider than this (relative) split instead of searching
 SPLIT_MIN = 1e-4  # intervals narrower than this (relative) are split at the argmin's wall time only
+NARROW_PEERS = 2_000  # narrow() takes relaxed tables of O(L m^2) time and m^2 memory: at most this many peers
 THREE_STAGE_PEERS = 120  # narrow() prices every three-stage plan when at most this many peers remain
 #                          (O(m^3) in compiled code: about 15 ms at 120 here)
 FEW_STAGES = 2  # plans of at most this many stages are priced one by one (exact); the intervals bound the
@@ -450,7 +451,6 @@ class IntervalSearch:
             self.offer(incumbent)
         if self.m:
             self.price_few_stages()
-            self.narrow()
         U = self.U
         a_min = float(self.alpha.min()) if self.m else 0.0
         tmax = U / a_min if a_min > 0 else INF  # f < U needs A W < U, A >= a_min
@@ -468,7 +468,11 @@ class IntervalSearch:
             if self.subsolves >= max_subsolves:
                 return self.best, U, False, min(lb, stuck)
             heapq.heappop(heap)
-            value, path, exact = self.bound(ta, tb, U)
+            if self.subsolves == 1 and self.m <= NARROW_PEERS:
+                # the first interval (all wall times) did not close: narrow for the rest of the run (the
+                # bounds in the heap stay valid: the class only shrinks, and what leaves it is priced)
+                self.narrow()
+            value, path, exact = self.bound(ta, tb, self.U)
             U = self.U  # every plan the bound met was offered
             if path is not None:
                 w = self.evaluate(path)[0]
