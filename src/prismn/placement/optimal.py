@@ -58,6 +58,7 @@ from prismn.placement.search import (
     stage_and_fill,
     stage_shares,
     through_bounds,
+    visit_penalties,
 )
 from prismn.swarm import Swarm
 
@@ -467,7 +468,20 @@ class Engine:
             if bound_s is not None and s_val > bound_s:
                 return None
             return Result(incumbent, p_val, s_val, False, 0, -INF, note="seed plan, not searched")
-        return s.run(incumbent, max_pops=max_pops)
+        pen = None
+        if wl and bound_s is None and incumbent is not None:
+            # DSSR gave up: the Lagrangian of 'each peer at most once' bounds the root and every label
+            pen = visit_penalties(P, caps, self.L, path_cost(P, incumbent))
+            if pen.tables is not None:
+                s.pen = (pen.pi, pen.tables)
+            if pen.best is not None and pen.best[0] < path_cost(P, incumbent):
+                incumbent = pen.best[1]
+        res = s.run(incumbent, max_pops=max_pops)
+        if res is not None and pen is not None and not res.proven and pen.bound > res.lower_bound:
+            res.lower_bound = pen.bound
+            if pen.bound >= res.P * (1 - 1e-12):  # the bound meets the plan: it is optimal
+                res.proven, res.note = True, ""
+        return res
 
     def _metrics(self, stages: list[tuple[int, int, str]]) -> tuple[float, float]:
         """Latency (s) and carbon (g, the instance's scope) of a plan, from the arrays."""

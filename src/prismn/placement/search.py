@@ -204,6 +204,7 @@ class Search:
         self.ns = np.arange(1, L + 1)
         self.tP, self.tS = tables_P, tables_S  # DSSR tables (h[S, j, p], bit): elementary on theta
         self.lagr = None  # (lam, DSSR tables of P + lam * S): a bound for S-bounded problems
+        self.pen = None  # (pi, DSSR tables of P with each visit of q costing pi_q more): see visit_penalties
         self.amortised = None
         self.gave_up = False  # run() stopped at its budget
         self.n_labels = 0  # labels the last run() created
@@ -259,6 +260,8 @@ class Search:
                 tabs = [(self.tP, "P"), (self.tS, "S")]
                 if self.lagr is not None and math.isfinite(self.bound):
                     tabs.append((self.lagr[1], "L"))
+                if self.pen is not None:
+                    tabs.append((self.pen[1], "V"))
                 for tab, which in tabs:
                     if tab is None:
                         continue
@@ -273,6 +276,9 @@ class Search:
                         hP = np.maximum(hP, ht)
                     elif which == "S":
                         hS = np.maximum(hS, ht)
+                    elif which == "V":  # P-to-go >= h_pi - the penalties of every peer still unused
+                        pi = self.pen[0]
+                        hP = np.maximum(hP, ht - (float(pi[~used].sum()) - pi[q])[:, None])
                     else:  # P-to-go >= h_lam - lam * (S budget left after this stage)
                         lam = self.lagr[0]
                         hP = np.maximum(hP, ht - lam * (self.bound - gs))
@@ -595,6 +601,58 @@ def lagrangian(P: Costs, S: Costs, caps: dict[str, np.ndarray], L: int, bound: f
             lo = lam
         lam = math.sqrt(lo * hi) if (lo and hi) else (lam / 4 if hi else lam * 4)
     return out
+
+
+PENALTY_STEPS = 300  # subgradient steps of visit_penalties (deterministic)
+
+
+@dataclass
+class Penalties:
+    bound: float  # the best min over walks of [cost + sum of pi over visits] - sum pi: a lower bound
+    pi: np.ndarray  # (m,) the penalties that gave it
+    tables: tuple  # DSSR tables (theta empty) of the cost with those penalties: a bound for the search
+    best: tuple[float, list[tuple[int, int, str]]] | None  # the cheapest elementary walk met: (cost, path)
+
+
+def visit_penalties(c: Costs, caps: dict[str, np.ndarray], L: int, ub: float,
+                    steps: int = PENALTY_STEPS) -> Penalties:
+    """The Lagrangian relaxation of 'each peer at most once' over the DSSR relaxation (peers may repeat,
+    never p -> q -> p): for pi >= 0, every elementary plan costs at least min over walks of
+    [cost + sum of pi_q over the walk's visits] - sum_q pi_q (it visits each peer at most once, so its
+    penalties are at most sum pi). Each evaluation is one table of the relaxation with pi_q added to every
+    stage on q. pi follows the subgradient (visits - 1, held at 0 where pi is 0 and q unvisited) with a
+    Polyak step toward ub, halved after 15 steps without a better bound: a fixed number of steps, so
+    the bound is the same on any machine. Deep plans, where the relaxation reuses the fastest peers
+    dozens of times and DSSR cannot make them all elementary, are what it is for."""
+    m = len(c.R)
+    pi = np.zeros(m)
+    best = Penalties(-INF, pi.copy(), None, None)
+    theta, stall = 1.0, 0
+    for _ in range(steps):
+        pc = Costs(c.R, {r: c.F[r] + pi for r in c.F}, c.W)
+        tabs, root_row, bit = _dssr_tables(pc, caps, L, [])
+        root = float(root_row.min()) if m else INF
+        if not math.isfinite(root):
+            break
+        path = _dssr_path(pc, caps, L, tabs, root_row, bit)
+        visits = np.bincount([q for q, _, _ in path], minlength=m).astype(float)
+        value = root - float(pi.sum())
+        if (visits <= 1).all():  # an elementary walk: a plan
+            cost = path_cost(c, path)
+            if best.best is None or cost < best.best[0]:
+                best.best = (cost, path)
+        if value > best.bound:
+            best.bound, best.pi, best.tables, stall = value, pi.copy(), (tabs[0], bit), 0
+        else:
+            stall += 1
+            if stall >= 15:
+                theta, stall = theta / 2, 0
+        g = np.where((pi <= 0) & (visits < 1), 0.0, visits - 1.0)
+        norm = float((g * g).sum())
+        if norm == 0 or not math.isfinite(ub) or ub <= value:
+            break  # elementary at these penalties with no slack (the bound is the walk's cost), or no target
+        pi = np.maximum(0.0, pi + theta * (ub - value) / norm * g)
+    return best
 
 
 def dssr(c: Costs, caps: dict[str, np.ndarray], L: int, max_theta: int = 14,
