@@ -141,6 +141,26 @@ def dssr_tables(R, Ff, Fm, Fl, Fo, W, capF, capM, capH, capO, L, bit, T, free_ho
 
 
 @njit(cache=True)
+def _stage_role(role, p, capM, capF, capL, Fm, Ff, Fl, L):
+    """(cap, F) of a stage on peer p in role 0 (middle), 1 (first) or 2 (last), the cap at most L."""
+    if role == 0:
+        return min(capM[p], L), Fm[p]
+    if role == 1:
+        return min(capF[p], L), Ff[p]
+    return min(capL[p], L), Fl[p]
+
+
+@njit(cache=True)
+def _end_roles(role, s):
+    """The end roles taken (0 none, 1 first, 2 last, 3 both) after a stage of `role` from state s, or -1
+    when its role is taken already: a middle keeps the state, first and last add their own."""
+    if role == 0:
+        return s
+    bit = 1 if role == 1 else 2
+    return -1 if s & bit else s | bit
+
+
+@njit(cache=True)
 def knapsack_table(R, Fm, Ff, Fl, capM, capF, capL, L):
     """C[p + 1, s, j]: the least cost over peers 0..p with j layers placed and end roles s taken (0 none,
     1 first, 2 last, 3 both); see knapsack.solve_order_free. A stage of n layers on p costs F + n R."""
@@ -151,27 +171,14 @@ def knapsack_table(R, Fm, Ff, Fl, capM, capF, capL, L):
         for s in range(4):
             for j in range(L + 1):
                 C[p + 1, s, j] = C[p, s, j]
-        for role in range(3):  # middle: any state to itself; first: none/last -> +first; last: none/first -> +last
-            if role == 0:
-                cap, F = capM[p], Fm[p]
-            elif role == 1:
-                cap, F = capF[p], Ff[p]
-            else:
-                cap, F = capL[p], Fl[p]
-            cap = min(cap, L)
+        for role in range(3):
+            cap, F = _stage_role(role, p, capM, capF, capL, Fm, Ff, Fl, L)
             if cap < 1:
                 continue
             for s in range(4):
-                if role == 0:
-                    d = s
-                elif role == 1:
-                    if s & 1:
-                        continue
-                    d = s | 1
-                else:
-                    if s & 2:
-                        continue
-                    d = s | 2
+                d = _end_roles(role, s)
+                if d < 0:
+                    continue
                 for j in range(1, L + 1):
                     best = INF
                     for n in range(1, min(cap, j) + 1):
@@ -375,27 +382,14 @@ def knapsack_min_stages(R, Fm, Ff, Fl, capM, capF, capL, L, K):
     C[0, 0, 0] = 0.0
     for p in range(m):
         N = C.copy()
-        for role in range(3):  # as knapsack_table: middle keeps the end roles, first/last add theirs
-            if role == 0:
-                cap, F = capM[p], Fm[p]
-            elif role == 1:
-                cap, F = capF[p], Ff[p]
-            else:
-                cap, F = capL[p], Fl[p]
-            cap = min(cap, L)
+        for role in range(3):
+            cap, F = _stage_role(role, p, capM, capF, capL, Fm, Ff, Fl, L)
             if cap < 1:
                 continue
             for s in range(4):
-                if role == 0:
-                    d = s
-                elif role == 1:
-                    if s & 1:
-                        continue
-                    d = s | 1
-                else:
-                    if s & 2:
-                        continue
-                    d = s | 2
+                d = _end_roles(role, s)
+                if d < 0:
+                    continue
                 for c in range(K + 1):
                     c2 = min(c + 1, K)
                     for j in range(1, L + 1):

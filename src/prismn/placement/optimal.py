@@ -470,10 +470,8 @@ class Engine:
             return Result(incumbent, p_val, s_val, False, 0, -INF, note="seed plan, not searched")
         pen = None
         if wl and bound_s is None and incumbent is not None:
-            # DSSR gave up: the Lagrangian of 'each peer at most once' bounds the root and every label
+            # DSSR gave up: the Lagrangian of 'each peer at most once' bounds the root
             pen = visit_penalties(P, caps, self.L, path_cost(P, incumbent))
-            if pen.tables is not None:
-                s.pen = (pen.pi, pen.tables)
             if pen.best is not None and pen.best[0] < path_cost(P, incumbent):
                 incumbent = pen.best[1]
         res = s.run(incumbent, max_pops=max_pops)

@@ -204,7 +204,6 @@ class Search:
         self.ns = np.arange(1, L + 1)
         self.tP, self.tS = tables_P, tables_S  # DSSR tables (h[S, j, p], bit): elementary on theta
         self.lagr = None  # (lam, DSSR tables of P + lam * S): a bound for S-bounded problems
-        self.pen = None  # (pi, DSSR tables of P with each visit of q costing pi_q more): see visit_penalties
         self.amortised = None
         self.gave_up = False  # run() stopped at its budget
         self.n_labels = 0  # labels the last run() created
@@ -260,8 +259,7 @@ class Search:
                 tabs = [(self.tP, "P"), (self.tS, "S")]
                 if self.lagr is not None and math.isfinite(self.bound):
                     tabs.append((self.lagr[1], "L"))
-                if self.pen is not None:
-                    tabs.append((self.pen[1], "V"))
+
                 for tab, which in tabs:
                     if tab is None:
                         continue
@@ -276,9 +274,6 @@ class Search:
                         hP = np.maximum(hP, ht)
                     elif which == "S":
                         hS = np.maximum(hS, ht)
-                    elif which == "V":  # P-to-go >= h_pi - the penalties of every peer still unused
-                        pi = self.pen[0]
-                        hP = np.maximum(hP, ht - (float(pi[~used].sum()) - pi[q])[:, None])
                     else:  # P-to-go >= h_lam - lam * (S budget left after this stage)
                         lam = self.lagr[0]
                         hP = np.maximum(hP, ht - lam * (self.bound - gs))
@@ -610,7 +605,6 @@ PENALTY_STEPS = 300  # subgradient steps of visit_penalties (deterministic)
 class Penalties:
     bound: float  # the best min over walks of [cost + sum of pi over visits] - sum pi: a lower bound
     pi: np.ndarray  # (m,) the penalties that gave it
-    tables: tuple  # DSSR tables (theta empty) of the cost with those penalties: a bound for the search
     best: tuple[float, list[tuple[int, int, str]]] | None  # the cheapest elementary walk met: (cost, path)
 
 
@@ -623,10 +617,12 @@ def visit_penalties(c: Costs, caps: dict[str, np.ndarray], L: int, ub: float,
     stage on q. pi follows the subgradient (visits - 1, held at 0 where pi is 0 and q unvisited) with a
     Polyak step toward ub, halved after 15 steps without a better bound: a fixed number of steps, so
     the bound is the same on any machine. Deep plans, where the relaxation reuses the fastest peers
-    dozens of times and DSSR cannot make them all elementary, are what it is for."""
+    dozens of times and DSSR cannot make them all elementary, are what it is for. (Its tables can also
+    bound each label of a search, cost-to-go >= h_pi - the penalties of the peers still unused; measured
+    on deep plans that raised the bound little and slowed the search by about 80 s, so it is not used.)"""
     m = len(c.R)
     pi = np.zeros(m)
-    best = Penalties(-INF, pi.copy(), None, None)
+    best = Penalties(-INF, pi.copy(), None)
     theta, stall = 1.0, 0
     for _ in range(steps):
         pc = Costs(c.R, {r: c.F[r] + pi for r in c.F}, c.W)
@@ -642,7 +638,7 @@ def visit_penalties(c: Costs, caps: dict[str, np.ndarray], L: int, ub: float,
             if best.best is None or cost < best.best[0]:
                 best.best = (cost, path)
         if value > best.bound:
-            best.bound, best.pi, best.tables, stall = value, pi.copy(), (tabs[0], bit), 0
+            best.bound, best.pi, stall = value, pi.copy(), 0
         else:
             stall += 1
             if stall >= 15:
