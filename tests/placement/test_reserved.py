@@ -262,6 +262,7 @@ def test_lagrangian_interval_bounds_keep_the_proof_exact(seed, n):
     assert s["method"] == "wall-time intervals" and s["lagrangians"] > 0
 
 
+@pytest.mark.slow
 def test_order_free_dual_keeps_the_proof_exact(monkeypatch):
     """The order-free Lagrangian dual of W <= tb (intervals.IntervalSearch._dual), the only bound an interval
     gets when its knapsack set is deep (more than SUB_MAX_STAGES stages): with that limit at one stage every
