@@ -24,8 +24,8 @@ Plans of one and two stages are priced one by one first (price_few_stages, exact
 bound only plans of k >= k_lo = 3 stages (the class), and the Lagrangian and the search minimise a tighter
 cost that keeps part of the wall time above ta (class_costs): E = sum_i [(alpha_i - a) max(ta, floor_i) +
 a ta] + k_lo a (W - ta) + B <= f, a the least alpha, which gives up (A - k_lo a)(W - ta) where the linear
-bound above gives up A (W - ta); on peers of similar alpha that is a tenth as much. Before any interval,
-narrow() drops every peer through which no plan of the class can beat the incumbent (E at ta = omega0,
+bound above gives up A (W - ta); on peers of similar alpha that is a tenth as much. Once the first
+interval stays open, narrow() drops every peer through which no plan of the class can beat the incumbent (E at ta = omega0,
 relaxed through each peer), and with few peers left and no wall-time cap prices every three-stage plan
 over them (exact), so the class becomes k_lo = 4. Every bound then counts only plans of the class: the
 order-free knapsack of E, its wall time bounded by the stages' shares, over sets of at least k_lo
@@ -51,6 +51,7 @@ from prismn.placement.search import (
     INF,
     Costs,
     Search,
+    best_three_stage_plan,
     cheapest_fill,
     dssr,
     lagrangian,
@@ -77,7 +78,7 @@ SEARCH_WIDTH = 1e-2  # intervals wider than this (relative) split instead of sea
 SPLIT_MIN = 1e-4  # intervals narrower than this (relative) are split at the argmin's wall time only
 NARROW_PEERS = 2_000  # narrow() takes relaxed tables of O(L m^2) time and m^2 memory: at most this many peers
 THREE_STAGE_PEERS = 120  # narrow() prices every three-stage plan when at most this many peers remain
-#                          (O(m^3) in compiled code: about 15 ms at 120 here)
+#                          (O(m^3) in compiled code, measured here: 3.6 ms at 76 peers, 27 ms at 150)
 FEW_STAGES = 2  # plans of at most this many stages are priced one by one (exact); the intervals bound the
 #                 others, each of which holds at least FEW_STAGES + 1 peers for the whole wall time
 
@@ -89,8 +90,9 @@ def _no_hops(m: int) -> np.ndarray:
     return W
 
 
-def _take(caps: dict[str, np.ndarray], k: np.ndarray) -> dict[str, np.ndarray]:
-    return {r: caps[r][k] for r in ROLES}
+def _take(per_role: dict[str, np.ndarray], k: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-role arrays (caps, fixed costs) at positions k only."""
+    return {r: per_role[r][k] for r in ROLES}
 
 
 def _restrict(c: Costs, k: np.ndarray) -> Costs:
@@ -186,23 +188,14 @@ class IntervalSearch:
 
     def price_three_stages(self, sub: np.ndarray) -> None:
         """Offer the best three-stage plan over the peers `sub` (local indices): every ordered triple, each
-        split optimally (compiled.best_three_stage, O(|sub|^3)). Exact over them when w_max is INF; under a
-        wall-time cap it skips a route whose best split exceeds it (an incumbent only)."""
-        from prismn.placement.compiled import as_f64, as_i64, best_three_stage
-
-        L = self.L
-        if L < 3 or len(sub) < 3:
-            return
+        split optimally (search.best_three_stage_plan, O(|sub|^3)). Exact over them when w_max is INF; under
+        a wall-time cap it skips a route whose best split exceeds it (an incumbent only)."""
         w = np.append(sub, self.m)
-        fw, fb = ({r: as_f64(x[r][sub]) for r in ("first", "middle", "last")} for x in (self.Fw, self.Fb))
-        cap = {r: as_i64(np.minimum(self.caps[r][sub], L)) for r in ("first", "middle", "last")}
-        f, p, q, r, n1, n2 = best_three_stage(
-            as_f64(self.HW[np.ix_(w, w)]), as_f64(self.Rw[sub]), fw["first"], fw["middle"], fw["last"],
-            as_f64(self.Rb[sub]), fb["first"], fb["middle"], fb["last"], as_f64(self.alpha[sub]),
-            cap["first"], cap["middle"], cap["last"], int(L), float(self.w_max))
-        if p >= 0:
-            self.offer([(int(sub[p]), int(n1), "first"), (int(sub[q]), int(n2), "middle"),
-                        (int(sub[r]), L - int(n1) - int(n2), "last")])
+        wall = Costs(self.Rw[sub], _take(self.Fw, sub), self.HW[np.ix_(w, w)])
+        B = Costs(self.Rb[sub], _take(self.Fb, sub), self.HW[np.ix_(w, w)])
+        path = best_three_stage_plan(wall, _take(self.caps, sub), self.L, B, self.alpha[sub], self.w_max)
+        if path is not None:
+            self.offer([(int(sub[q]), n, r) for q, n, r in path])
 
     def narrow(self) -> None:
         """Drop the peers no plan of the class (at least k_lo stages) that beats the incumbent can use, over
@@ -236,12 +229,12 @@ class IntervalSearch:
         res = self.alpha[sub] * np.maximum(ta, self.floor[sub])
         F = {r: res + self.Fb[r][sub] for r in ROLES}
         R = self.Rb[sub]
-        caps = {r: self.caps[r][sub] for r in ROLES}
+        caps = _take(self.caps, sub)
         keep = self._filter(R, F, caps, ub)
         if not len(keep):
             return INF, None, True
         sub = sub[keep]
-        R, F, caps = R[keep], {r: F[r][keep] for r in ROLES}, {r: caps[r][keep] for r in ROLES}
+        R, F, caps = R[keep], _take(F, keep), _take(caps, keep)
         path, value = solve_order_free(R, F, caps, self.L)
         if path is None or value >= ub * (1 - REL):
             return value, None, True
@@ -268,7 +261,7 @@ class IntervalSearch:
             if not ok.any():
                 return INF, None, True
             k = np.nonzero(ok)[0]
-            sub, R, F, caps = sub[k], R[k], {r: F[r][k] for r in ROLES}, {r: caps[r][k] for r in ROLES}
+            sub, R, F, caps = sub[k], R[k], _take(F, k), _take(caps, k)
             S, P = _restrict(S, k), _restrict(P, k)
         path_s, vs, tables_s = self._fastest_in(sub, S, caps)
         if vs > tb * (1 + REL):

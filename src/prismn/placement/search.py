@@ -259,7 +259,6 @@ class Search:
                 tabs = [(self.tP, "P"), (self.tS, "S")]
                 if self.lagr is not None and math.isfinite(self.bound):
                     tabs.append((self.lagr[1], "L"))
-
                 for tab, which in tabs:
                     if tab is None:
                         continue
@@ -541,20 +540,25 @@ def path_cost(c: Costs, path: list[tuple[int, int, str]]) -> float:
     return total + c.W[src, m]
 
 
-def best_three_stage_plan(c: Costs, caps: dict[str, np.ndarray], L: int) -> list[tuple[int, int, str]] | None:
-    """The least-cost plan of exactly three stages of an additive cost over every ordered triple of its
-    (few) peers, each route's layers split optimally (compiled.best_three_stage, O(m^3); the additive cost
-    is its f = A x W + B with A = 1 and B = 0). None when no three stages hold the model."""
+def best_three_stage_plan(W: Costs, caps: dict[str, np.ndarray], L: int, B: Costs | None = None,
+                          alpha: np.ndarray | None = None, w_max: float = INF) -> list[tuple[int, int, str]] | None:
+    """The least f = A x W + B over plans of exactly three stages of the (few) peers given, every ordered
+    triple with its layers split optimally (compiled.best_three_stage, O(m^3)); A sums alpha over the
+    route. Without B and alpha, f is the additive cost W itself (A = 1, B = 0). Under a cap w_max on W a
+    route whose best split exceeds it is skipped. None when no three stages hold the model."""
     from prismn.placement.compiled import as_f64, as_i64, best_three_stage
 
-    m = len(c.R)
+    m = len(W.R)
     if L < 3 or m < 3:
         return None
-    zero, third = np.zeros(m), np.full(m, 1.0 / 3.0)  # A = 1 over any three peers
-    cap = {r: as_i64(np.minimum(caps[r], L)) for r in ("first", "middle", "last")}
-    f, p, q, r, n1, n2 = best_three_stage(as_f64(c.W), as_f64(c.R), as_f64(c.F["first"]), as_f64(c.F["middle"]),
-                                          as_f64(c.F["last"]), zero, zero, zero, zero, third, cap["first"],
-                                          cap["middle"], cap["last"], int(L), INF)
+    roles = ("first", "middle", "last")  # the compiled loop's argument order
+    zero = np.zeros(m)
+    Rb, Fb = (zero, {r: zero for r in roles}) if B is None else (B.R, B.F)
+    alpha = np.full(m, 1.0 / 3.0) if alpha is None else alpha  # A = 1 over any three peers
+    cap = {r: as_i64(np.minimum(caps[r], L)) for r in roles}
+    f, p, q, r, n1, n2 = best_three_stage(as_f64(W.W), as_f64(W.R), *(as_f64(W.F[x]) for x in roles),
+                                          as_f64(Rb), *(as_f64(Fb[x]) for x in roles), as_f64(alpha),
+                                          *(cap[x] for x in roles), int(L), float(w_max))
     if p < 0:
         return None
     return [(int(p), int(n1), "first"), (int(q), int(n2), "middle"), (int(r), L - int(n1) - int(n2), "last")]
@@ -604,7 +608,6 @@ PENALTY_STEPS = 300  # subgradient steps of visit_penalties (deterministic)
 @dataclass
 class Penalties:
     bound: float  # the best min over walks of [cost + sum of pi over visits] - sum pi: a lower bound
-    pi: np.ndarray  # (m,) the penalties that gave it
     best: tuple[float, list[tuple[int, int, str]]] | None  # the cheapest elementary walk met: (cost, path)
 
 
@@ -622,7 +625,7 @@ def visit_penalties(c: Costs, caps: dict[str, np.ndarray], L: int, ub: float,
     on deep plans that raised the bound little and slowed the search by about 80 s, so it is not used.)"""
     m = len(c.R)
     pi = np.zeros(m)
-    best = Penalties(-INF, pi.copy(), None)
+    best = Penalties(-INF, None)
     theta, stall = 1.0, 0
     for _ in range(steps):
         pc = Costs(c.R, {r: c.F[r] + pi for r in c.F}, c.W)
@@ -638,7 +641,7 @@ def visit_penalties(c: Costs, caps: dict[str, np.ndarray], L: int, ub: float,
             if best.best is None or cost < best.best[0]:
                 best.best = (cost, path)
         if value > best.bound:
-            best.bound, best.pi, stall = value, pi.copy(), 0
+            best.bound, stall = value, 0
         else:
             stall += 1
             if stall >= 15:
