@@ -44,6 +44,7 @@ from prismn.placement.instance import CARBON_SCOPES, ROLES, Instance
 from prismn.placement.knapsack import solve_order_free
 from prismn.placement.plan import Plan, Stage
 from prismn.placement.polish import polish
+from prismn.placement.routecut import route_cut
 from prismn.placement.search import (
     INF,
     Costs,
@@ -469,18 +470,27 @@ class Engine:
             if bound_s is not None and s_val > bound_s:
                 return None
             return Result(incumbent, p_val, s_val, False, 0, -INF, note="seed plan, not searched")
-        pen = None
+        pen = cut = None
         if wl and bound_s is None and incumbent is not None:
-            # DSSR gave up: the Lagrangian of 'each peer at most once' bounds the root
+            # DSSR gave up (deep plans): the route problem as a MILP, branch and cut (exact, deterministic)
+            cut = route_cut(P, caps, self.L, incumbent)
+            if cut.proven:
+                return Result(cut.path, cut.value, path_cost(S, cut.path), True, 0, cut.value,
+                              stats={"dssr": info, "route_cut": cut.stats})
+            if cut.path is not None and cut.value < path_cost(P, incumbent):
+                incumbent = cut.path
+            # the Lagrangian of 'each peer at most once' bounds the root
             inc_cost = path_cost(P, incumbent)
             pen = visit_penalties(P, caps, self.L, inc_cost)
             if pen.best is not None and pen.best[0] < inc_cost:
                 incumbent = pen.best[1]
         res = s.run(incumbent, max_pops=max_pops)
-        if res is not None and pen is not None and not res.proven and pen.bound > res.lower_bound:
-            res.lower_bound = pen.bound
-            if pen.bound >= res.P * (1 - 1e-12):  # the bound meets the plan: it is optimal
-                res.proven, res.note = True, ""
+        for extra in (pen, cut):
+            if (res is not None and extra is not None and not res.proven and math.isfinite(extra.bound)
+                    and extra.bound > res.lower_bound):
+                res.lower_bound = extra.bound
+                if extra.bound >= res.P * (1 - 1e-12):  # the bound meets the plan: it is optimal
+                    res.proven, res.note = True, ""
         return res
 
     def _metrics(self, stages: list[tuple[int, int, str]]) -> tuple[float, float]:
