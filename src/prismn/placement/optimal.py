@@ -72,6 +72,7 @@ SEED_THETA, SEED_POPS = 6, 2_000
 # (each one doubles the tables: 2^theta x L x m^2 work). Small values make 1,000-peer latency solves
 # faster but leave deep ones to the search (theta 4: a 15-peer swarm went unproven), so: as before.
 SEARCH_THETA = 14
+ROUTE_CUT_PEERS = 200  # branch and cut (routecut.py) on at most this many candidates: its MILP has one column per hop
 THREE_STAGE_POOL = 64  # peers (best relaxed plans through them first) whose three-stage plans seed a scalar
 #                        solve with hops (compiled, O(m^3): 0.2-1.8 ms measured here at 48-96 peers)
 SEARCH_POPS = 10_000  # labels one best-first search may expand (the slowest seen here: ~80 s)
@@ -473,11 +474,12 @@ class Engine:
         pen = cut = None
         if wl and bound_s is None and incumbent is not None:
             # DSSR gave up (deep plans): the route problem as a MILP, branch and cut (exact, deterministic)
-            cut = route_cut(P, caps, self.L, incumbent)
-            if cut.proven:
+            if len(idx) <= ROUTE_CUT_PEERS:
+                cut = route_cut(P, caps, self.L, incumbent)
+            if cut is not None and cut.proven:
                 return Result(cut.path, cut.value, path_cost(S, cut.path), True, 0, cut.value,
                               stats={"dssr": info, "route_cut": cut.stats})
-            if cut.path is not None and cut.value < path_cost(P, incumbent):
+            if cut is not None and cut.path is not None and cut.value < path_cost(P, incumbent):
                 incumbent = cut.path
             # the Lagrangian of 'each peer at most once' bounds the root
             inc_cost = path_cost(P, incumbent)
