@@ -474,15 +474,15 @@ class Engine:
         pen = cut = None
         if wl and bound_s is None and incumbent is not None:
             # DSSR gave up (deep plans): the route problem as a MILP, branch and cut (exact, deterministic)
+            inc_cost = path_cost(P, incumbent)
             if len(idx) <= ROUTE_CUT_PEERS:
                 cut = route_cut(P, caps, self.L, incumbent)
             if cut is not None and cut.proven:
                 return Result(cut.path, cut.value, path_cost(S, cut.path), True, 0, cut.value,
                               stats={"dssr": info, "route_cut": cut.stats})
-            if cut is not None and cut.path is not None and cut.value < path_cost(P, incumbent):
-                incumbent = cut.path
+            if cut is not None and cut.path is not None and cut.value < inc_cost:
+                incumbent, inc_cost = cut.path, cut.value
             # the Lagrangian of 'each peer at most once' bounds the root
-            inc_cost = path_cost(P, incumbent)
             pen = visit_penalties(P, caps, self.L, inc_cost)
             if pen.best is not None and pen.best[0] < inc_cost:
                 incumbent = pen.best[1]

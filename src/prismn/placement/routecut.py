@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from prismn.placement.instance import ROLES
 from prismn.placement.search import INF, Costs, path_cost
 
-ROLES = ("first", "middle", "last", "only")
 CUT_ROUNDS = 400  # LP re-solves with new connectivity cuts (deterministic)
 MILP_NODES = 20_000  # branch-and-bound nodes of the final MILP (deterministic)
 MIP_GAP = 1e-9  # relative gap at which HiGHS calls the MILP solved
@@ -56,7 +56,7 @@ class _Model:
 
         self.hs = highspy
         m = len(c.R)
-        self.m, self.L, self.c = m, L, c
+        self.m, self.L = m, L
         W = c.W
         self.arcs = [(a, b) for a in range(m + 1) for b in range(m + 1) if a != b and math.isfinite(W[a, b])]
         self.arc_id = {a: k for k, a in enumerate(self.arcs)}
@@ -135,7 +135,8 @@ class _Model:
         status = self.h.getModelStatus()
         if status == self.hs.HighsModelStatus.kInfeasible:
             return "infeasible", None, INF
-        x = np.array(self.h.getSolution().col_value) if self.h.getSolution().value_valid else None
+        sol = self.h.getSolution()
+        x = np.array(sol.col_value) if sol.value_valid else None
         return status.name, x, self.h.getInfo().objective_function_value / self.scale
 
     def cuts(self, x: np.ndarray) -> list[tuple[frozenset, int]]:
@@ -235,7 +236,8 @@ def route_cut(c: Costs, caps: dict[str, np.ndarray], L: int, incumbent: list[tup
     if math.isfinite(dual):
         bound = max(bound, dual)
     path, value = incumbent, ub
-    if x is not None and info.primal_solution_status == 2:  # a feasible integer point: a single route
+    feasible = int(model.hs.SolutionStatus.kSolutionStatusFeasible)
+    if x is not None and info.primal_solution_status == feasible:  # an integer point: a single route
         found = model.route(x)
         cost = path_cost(c, found)
         if cost < value:
