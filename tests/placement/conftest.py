@@ -10,7 +10,8 @@ from prismn.swarm import parse_swarm
 GPUS = ["RTX 3060", "RTX 3090", "RTX 4090", "A100 SXM 80GB", "H100 SXM", "T4", "L4", "A10G"]
 
 
-def random_swarm(seed: int, n: int, vram=(0.3, 2.0), measured: int = 0, spread: float = 25.0):
+def random_swarm(seed: int, n: int, vram=(0.3, 2.0), measured: int = 0, spread: float = 25.0,
+                 intensity=(10, 800)):
     """n peers over a region (some far away), random GPUs, grids, PUE and links; `measured` random
     measured RTTs (which need not obey the triangle inequality). `vram` is what is left after the
     stage process's CUDA context (free VRAM = that + CUDA_CONTEXT_GB)."""
@@ -22,7 +23,7 @@ def random_swarm(seed: int, n: int, vram=(0.3, 2.0), measured: int = 0, spread: 
             "id": f"p{i}", "lat": rng.uniform(35, 35 + spread) - (60 if far else 0),
             "lon": rng.uniform(-10, -10 + spread * 1.5) + (100 if far else 0),
             "free_vram_gb": round(rng.uniform(*vram) + CUDA_CONTEXT_GB, 2), "gpu": rng.choice(GPUS),
-            "carbon_intensity": round(rng.uniform(10, 800), 1), "pue": round(rng.uniform(1.0, 1.6), 2),
+            "carbon_intensity": round(rng.uniform(*intensity), 1), "pue": round(rng.uniform(1.0, 1.6), 2),
             "bandwidth_mbps": rng.choice([20.0, 100.0, 1000.0, 10000.0]),
         })
     rtt: dict = {}

@@ -18,8 +18,10 @@ ROLES = ("first", "middle", "last", "only")
 
 
 def solve_milp(inst: Instance, objective: tuple[float, float], bound: tuple[str, float] | None = None,
-               time_limit: float = 120.0) -> Plan | None:
-    """min wl*latency + wc*carbon [s.t. metric <= bound]; latency in seconds, carbon in the instance scope."""
+               time_limit: float = 120.0, wall_max: float | None = None) -> Plan | None:
+    """min wl*latency + wc*carbon [s.t. metric <= bound]; latency in seconds, carbon in the instance scope.
+    wall_max (reserved scope): only plans whose wall time is at most this, which also tightens the big-M
+    of the product A x W (the caller derives it: e.g. no plan above it can beat a known one)."""
     P, L = inst.n, inst.L
     idx = np.arange(P)
     H = inst.hop_time_matrix(idx)  # client = index P
@@ -101,6 +103,8 @@ def solve_milp(inst: Instance, objective: tuple[float, float], bound: tuple[str,
         finite = HW[np.isfinite(HW)]
         big_m = float(L * inst.wall.per_layer.max() + sum(inst.wall.fixed[r].max() for r in ROLES) * P
                       + finite.max() * (P + 1))
+        if wall_max is not None:
+            big_m = min(big_m, wall_max)
         z0 = nv
         nv += P
         lo, hi, integrality = np.append(lo, np.zeros(P)), np.append(hi, np.full(P, big_m)), np.append(integrality, np.zeros(P))
@@ -118,6 +122,10 @@ def solve_milp(inst: Instance, objective: tuple[float, float], bound: tuple[str,
             rows.append(row)
             lb.append(-big_m)
             ub.append(np.inf)
+        if wall_max is not None:
+            rows.append(wall.copy())
+            lb.append(-np.inf)
+            ub.append(wall_max)
     obj = objective[0] * lat + objective[1] * car
     # HiGHS stops at an absolute gap of 1e-6: scale the objective so that this is negligible
     typical = float(np.median(np.abs(obj[n]))) * L or 1.0

@@ -446,7 +446,7 @@ def test_visit_penalties_bound_every_elementary_plan(seed, monkeypatch):
     enumerated) and beats the relaxation it penalises. With the DSSR limited to no elementary peer (it
     gives up at once, as on deep plans) and no branch and cut, the latency solve takes the penalties and
     returns the optimum."""
-    from prismn.placement import optimal
+    from prismn.placement import optimal, routecut
     from prismn.placement.optimal import Engine
     from prismn.placement.search import _dssr_tables, path_cost, visit_penalties
 
@@ -461,6 +461,6 @@ def test_visit_penalties_bound_every_elementary_plan(seed, monkeypatch):
     root = float(_dssr_tables(P, caps, eng.L, [])[1].min())
     assert pen.bound > root * (1 + 1e-9)  # tighter than the relaxation it penalises
     monkeypatch.setattr(optimal, "SEARCH_THETA", 0)
-    monkeypatch.setattr(optimal, "ROUTE_CUT_PEERS", 0)  # no branch and cut: the search and the penalties
+    monkeypatch.setattr(routecut, "ROUTE_CUT_PEERS", 0)  # no branch and cut: the search and the penalties
     ev = evaluate_plan(plan_optimal(SPEC_1B, sw, Objective("latency")), SPEC_1B, sw)
     assert ev.metrics["latency_ms_per_token"] == pytest.approx(best * 1e3, rel=1e-9)

@@ -261,11 +261,15 @@ def test_emulated_delay_is_real_and_ordered_over_iroh():
             for i in range(10):
                 sent.append(time.perf_counter())
                 await c.send({"kind": "x", "i": i}, b"y" * 2304)
-            assert time.perf_counter() - t0 < 0.02  # sending does not block on the emulated link
+            # sending does not block on the emulated link (blocking: 10 x 25 ms); the bounds leave room for a
+            # loaded machine (a full suite's load once stretched a 33 ms median to 39 ms)
+            assert time.perf_counter() - t0 < 0.1
             await asyncio.wait_for(done.wait(), 10)
             assert [g[1] for g in got] == list(range(10))
             lat = [g[0] - s for g, s in zip(got, sent, strict=True)]
-            assert min(lat) >= 0.025 and statistics.median(lat) < 0.025 + 0.008, lat
+            # the delay is real (never under 25 ms), and each frame's own: serialised delays would put the
+            # median at 5-6 x 25 ms
+            assert min(lat) >= 0.025 and statistics.median(lat) < 2 * 0.025, lat
             await c.close()
 
     asyncio.run(go())

@@ -45,6 +45,7 @@ import heapq
 
 import numpy as np
 
+from prismn.placement import routecut
 from prismn.placement.instance import ROLES
 from prismn.placement.knapsack import solve_order_free
 from prismn.placement.search import (
@@ -90,6 +91,14 @@ def _no_hops(m: int) -> np.ndarray:
     return W
 
 
+def fewest_stages(caps: dict[str, np.ndarray], L: int) -> int:
+    """The fewest stages any plan can have: the fewest peers whose largest stages hold all L layers
+    (L + 1 when even all of them cannot)."""
+    most = np.sort(np.minimum(np.maximum.reduce([caps[r] for r in ROLES]), L))[::-1]
+    held = np.cumsum(np.maximum(most, 0))
+    return int(np.searchsorted(held, L)) + 1 if len(held) and held[-1] >= L else L + 1
+
+
 def _take(per_role: dict[str, np.ndarray], k: np.ndarray) -> dict[str, np.ndarray]:
     """Per-role arrays (caps, fixed costs) at positions k only."""
     return {r: per_role[r][k] for r in ROLES}
@@ -133,6 +142,8 @@ class IntervalSearch:
         self.lagrangians = 0  # intervals that took the DSSR-relaxed Lagrangian dual
         self._fastest_plans: list = []  # (peers, fastest plan over them, its wall time): see _fastest_in
         self.k_lo = 1  # every plan the intervals must still bound has at least this many stages
+        self.k_min = fewest_stages(self.caps, self.L)  # no plan has fewer stages (its layers would not fit)
+        self.route_cuts: list[dict] = []  # the stats of each interval bounded by branch and cut (deep sets)
         self.best: list[tuple[int, int, str]] | None = None  # the incumbent: every plan a bound meets is offered
         self.U = INF
         self.alive = np.ones(m, dtype=bool)  # peers a plan that beats the incumbent may still use (narrow)
@@ -184,7 +195,7 @@ class IntervalSearch:
                                         as_i64(np.minimum(self.caps["last"], L)), int(L), float(self.w_max))
             if p >= 0:
                 self.offer([(int(p), int(n), "first"), (int(q), L - int(n), "last")])
-        self.k_lo = FEW_STAGES + 1
+        self.k_lo = max(FEW_STAGES + 1, self.k_min)
 
     def price_three_stages(self, sub: np.ndarray) -> None:
         """Offer the best three-stage plan over the peers `sub` (local indices): every ordered triple, each
@@ -247,9 +258,14 @@ class IntervalSearch:
             return value, path, True
         if len(path) > SUB_MAX_STAGES or self.L * len(sub) ** 2 > SUB_CELLS:
             # deep (the W-bounded search would not finish), or too many peers for even one relaxation
-            # table: the order-free Lagrangian dual is the only bound left; the interval splits
+            # table: the order-free Lagrangian dual first (cheap); then, on deep sets of few peers, branch
+            # and cut (exact); else the interval splits
             dual = self._dual(sub, R, F, caps, tb, ub, value, path)
-            return (dual, None, True) if dual >= ub * (1 - REL) else (max(value, dual), path, False)
+            if dual >= ub * (1 - REL):
+                return dual, None, True
+            if len(path) > SUB_MAX_STAGES and len(sub) <= routecut.ROUTE_CUT_PEERS:
+                return self._route_cut(sub, caps, ta, tb, max(value, dual))
+            return max(value, dual), path, False
         # the label search only where splitting no longer tightens the bound (narrow intervals), within budget
         searchable = self.labels < TOTAL_LABELS and tb - ta <= SEARCH_WIDTH * ta
         # the knapsack's set is too slow for the interval: the W-bounded search, exact
@@ -368,6 +384,31 @@ class IntervalSearch:
                                 cap["middle"], cap["first"], cap["last"], int(self.L), int(self.k_lo))
         return v - lift * ta
 
+    def _route_cut(self, sub: np.ndarray, caps: dict[str, np.ndarray], ta: float, tb: float, value: float):
+        """LB(ta, tb) exactly by branch and cut (routecut.Reserve: f itself over the interval's plans of the
+        class, linear through one McCormick column per peer): (bound, plan, exact) as bound() returns."""
+        w = np.append(sub, self.m)
+        HW = self.HW[np.ix_(w, w)]
+        B = Costs(self.Rb[sub], _take(self.Fb, sub), np.where(np.isfinite(HW), 0.0, INF))
+        S = Costs(self.Rw[sub], _take(self.Fw, sub), HW)
+        rv = routecut.Reserve(self.alpha[sub], S, np.maximum(ta, self.floor[sub]), ta, tb, self.k_lo)
+        at = {int(g): i for i, g in enumerate(sub)}
+        inc = None  # the incumbent, when the interval's model admits it
+        if (self.best is not None and len(self.best) >= self.k_lo and all(g in at for g, _, _ in self.best)
+                and self.evaluate(self.best)[0] <= tb):
+            inc = [(at[g], n, r) for g, n, r in self.best]
+
+        def glob(local):
+            return [(int(sub[q]), n, r) for q, n, r in local]
+
+        cut = routecut.route_cut(B, caps, self.L, inc, reserve=rv, price=lambda p: self.evaluate(glob(p))[3],
+                                 cutoff=self.U)
+        self.route_cuts.append({"ta_ms": ta * 1e3, "tb_ms": tb * 1e3, **cut.stats})
+        path = glob(cut.path) if cut.path is not None else None
+        if path is not None:
+            self.offer(path)
+        return max(value, cut.bound), path, cut.proven
+
     def _searched(self, s: Search):
         """The W-bounded label search within its budget (labels counted)."""
         out = s.run(None, max_pops=SUB_POPS, max_labels=SUB_LABELS)
@@ -445,8 +486,9 @@ class IntervalSearch:
         if self.m:
             self.price_few_stages()
         U = self.U
-        a_min = float(self.alpha.min()) if self.m else 0.0
-        tmax = U / a_min if a_min > 0 else INF  # f < U needs A W < U, A >= a_min
+        # f < U needs A W < U, and A is at least the k_lo least alphas (every plan left has k_lo stages)
+        a_lo = float(np.sort(self.alpha)[:self.k_lo].sum()) if self.m else 0.0
+        tmax = U / a_lo if a_lo > 0 else INF
         tmax = min(tmax, self.w_max)
         if not self.m or tmax < self.omega0:
             return self.best, U, True, U

@@ -39,12 +39,12 @@ import numpy as np
 
 from prismn.errors import PlanError
 from prismn.model import GIB, ModelSpec
+from prismn.placement import routecut
 from prismn.placement.costmodel import CostOptions
 from prismn.placement.instance import CARBON_SCOPES, ROLES, Instance
 from prismn.placement.knapsack import solve_order_free
 from prismn.placement.plan import Plan, Stage
 from prismn.placement.polish import polish
-from prismn.placement.routecut import route_cut
 from prismn.placement.search import (
     INF,
     Costs,
@@ -72,7 +72,6 @@ SEED_THETA, SEED_POPS = 6, 2_000
 # (each one doubles the tables: 2^theta x L x m^2 work). Small values make 1,000-peer latency solves
 # faster but leave deep ones to the search (theta 4: a 15-peer swarm went unproven), so: as before.
 SEARCH_THETA = 14
-ROUTE_CUT_PEERS = 200  # branch and cut (routecut.py) on at most this many candidates: its MILP has one column per hop
 THREE_STAGE_POOL = 64  # peers (best relaxed plans through them first) whose three-stage plans seed a scalar
 #                        solve with hops (compiled, O(m^3): 0.2-1.8 ms measured here at 48-96 peers)
 SEARCH_POPS = 10_000  # labels one best-first search may expand (the slowest seen here: ~80 s)
@@ -475,8 +474,8 @@ class Engine:
         if wl and bound_s is None and incumbent is not None:
             # DSSR gave up (deep plans): the route problem as a MILP, branch and cut (exact, deterministic)
             inc_cost = path_cost(P, incumbent)
-            if len(idx) <= ROUTE_CUT_PEERS:
-                cut = route_cut(P, caps, self.L, incumbent)
+            if len(idx) <= routecut.ROUTE_CUT_PEERS:
+                cut = routecut.route_cut(P, caps, self.L, incumbent)
             if cut is not None and cut.proven:
                 return Result(cut.path, cut.value, path_cost(S, cut.path), True, 0, cut.value,
                               stats={"dssr": info, "route_cut": cut.stats})

@@ -570,7 +570,7 @@ def solve_reserved(engine, wl: float, wc: float, bl: float | None, bf: float | N
         path, val, proven, interval_lower = it.run(inc)
         stats.update({"method": "wall-time intervals", "subsolves": it.subsolves, "duals": it.duals,
                       "lagrangians": it.lagrangians, "interval_pops": it.pops,
-                      "interval_labels": it.labels})
+                      "interval_labels": it.labels, "route_cuts": it.route_cuts})
         if proven and path is None:  # every interval closed without a plan: none meets the bound
             engine.gave_up = dropped_lb < INF  # ... among the candidates; a left-out peer proves nothing
             return None

@@ -17,6 +17,15 @@ and back, with a knapsack on the layers. This module solves it as such with HiGH
   none is violated. On the deep benchmark cases the LP bound ends within 0.1-2% of the optimum and the
   MILP then closes in 1 to a few hundred nodes.
 
+The same model proves the reserved carbon f = A x W + B (reserved.py) on one wall-time interval
+[ta, tb] of intervals.py (`Reserve`): a column W (the wall time, a linear row over the same hops, roles
+and layers, W <= tb) and one column z_p per peer with z_p >= W - tb (1 - x_p) and z_p >= f_p x_p
+(f_p = max(ta, the peer's wall-time floor)) make sum_p alpha_p z_p = A x max(W, f_p) at every integer
+point (McCormick: z_p = x_p W when x_p is 0 or 1), which is f on every plan of the interval and at least
+f elsewhere; so the MILP's optimum bounds f over the interval exactly and its plan attains it. The
+interval's class bound (intervals.class_costs: A W >= sum_p [(alpha_p - a) f_p + a ta] x_p + k_lo a
+(W - ta)) is added as one row: it is what carries the bound while x is fractional.
+
 Budgets are deterministic (cut rounds, MILP nodes; HiGHS is deterministic for the same input): the same
 swarm gets the same answer and proof on any machine. Every plan returned is priced again by the caller's
 exact cost (path_cost), so HiGHS's tolerances touch only the proof: a plan is called optimal when HiGHS
@@ -33,10 +42,23 @@ import numpy as np
 from prismn.placement.instance import ROLES
 from prismn.placement.search import INF, Costs, path_cost
 
+ROUTE_CUT_PEERS = 200  # branch and cut on at most this many candidates: its MILP has one column per hop
 CUT_ROUNDS = 400  # LP re-solves with new connectivity cuts (deterministic)
 MILP_NODES = 20_000  # branch-and-bound nodes of the final MILP (deterministic)
 MIP_GAP = 1e-9  # relative gap at which HiGHS calls the MILP solved
 VIOLATION = 1e-4  # a cut is added when the flow out of S is below k's use by more than this
+
+
+@dataclass
+class Reserve:
+    """The reserved carbon's product term on one wall-time interval (see the module's docstring): minimise
+    sum_p alpha_p x_p max(W, f_p) + c(plan) over plans of at least k_lo stages with W <= tb."""
+    alpha: np.ndarray  # per peer: the reserved carbon of holding it for one second of wall time
+    wall: Costs  # the wall time W of a plan, additive
+    f: np.ndarray  # per peer: max(ta, its wall-time floor) <= W of every plan of the interval through it
+    ta: float
+    tb: float
+    k_lo: int  # every plan the interval must bound has at least this many stages
 
 
 @dataclass
@@ -51,7 +73,7 @@ class RouteCut:
 class _Model:
     """The MILP of one Costs instance, its rows added to HiGHS as they are made."""
 
-    def __init__(self, c: Costs, caps: dict[str, np.ndarray], L: int, scale: float):
+    def __init__(self, c: Costs, caps: dict[str, np.ndarray], L: int, scale: float, reserve: Reserve | None = None):
         import highspy  # imported on use: only deep plans need it
 
         self.hs = highspy
@@ -62,7 +84,9 @@ class _Model:
         self.arc_id = {a: k for k, a in enumerate(self.arcs)}
         na = len(self.arcs)
         self.R0, self.N0, self.U0 = na, na + 4 * m, na + 5 * m
-        nv = self.U0 + m
+        self.Z0 = self.U0 + m  # with a Reserve: z_p (m columns), then W
+        self.reserve = reserve
+        nv = self.Z0 + (m + 1 if reserve is not None else 0)
         self.nv = nv
         lo, hi, cost = np.zeros(nv), np.ones(nv), np.zeros(nv)
         for k, (a, b) in enumerate(self.arcs):
@@ -70,10 +94,15 @@ class _Model:
         for ri, r in enumerate(ROLES):
             cols = self.R0 + ri * m + np.arange(m)
             bad = (caps[r] < (L if r == "only" else 1)) | ~np.isfinite(c.F[r])
+            if reserve is not None:
+                bad |= ~np.isfinite(reserve.wall.F[r])
             hi[cols[bad]] = 0.0
             cost[cols] = np.where(bad, 0.0, c.F[r])
-        hi[self.N0:] = L  # n and u
+        hi[self.N0:self.Z0] = L  # n and u
         cost[self.N0:self.U0] = c.R
+        if reserve is not None:
+            hi[self.Z0:] = reserve.tb  # z_p <= W <= tb at the optimum
+            cost[self.Z0:self.Z0 + m] = reserve.alpha
         # The core class: highspy.Highs's constructor prints HiGHS's banner to stdout before any option can
         # be set, which would corrupt `prismn plan --json`
         h = highspy._core._Highs()
@@ -84,6 +113,8 @@ class _Model:
         h.changeColsCost(nv, np.arange(nv, dtype=np.int32), cost * scale)
         self.h, self.scale = h, scale
         self._rows(caps)
+        if reserve is not None:
+            self._reserve_rows(reserve)
 
     def used(self, p: int, sign: float = 1.0) -> list[tuple[int, float]]:
         """x_p, the peer's use: the sum of its role variables."""
@@ -124,10 +155,36 @@ class _Model:
             if a < m and b < m:  # MTZ on layers: u_b >= u_a + n_b - L (1 - y_ab)
                 self.add([(self.U0 + b, 1.0), (self.U0 + a, -1.0), (self.N0 + b, -1.0), (k, -float(L))], -L, inf)
 
+    def _reserve_rows(self, rv: Reserve) -> None:
+        """W as a row; z_p >= x_p max(W, f_p) (McCormick); the class bound; at least k_lo stages."""
+        m, inf = self.m, self.hs.kHighsInf
+        Wc = self.Z0 + m
+        S = rv.wall
+        row = [(Wc, 1.0)] + [(k, -float(S.W[a, b])) for k, (a, b) in enumerate(self.arcs)]
+        for ri, r in enumerate(ROLES):
+            row += [(self.R0 + ri * m + p, -float(S.F[r][p])) for p in range(m) if np.isfinite(S.F[r][p])]
+        row += [(self.N0 + p, -float(S.R[p])) for p in range(m)]
+        self.add(row, 0, 0)
+        for p in range(m):
+            self.add([(self.Z0 + p, 1.0), (Wc, -1.0)] + self.used(p, -rv.tb), -rv.tb, inf)
+            self.add([(self.Z0 + p, 1.0)] + self.used(p, -float(rv.f[p])), 0, inf)
+        a = float(rv.alpha.min())
+        lift = rv.k_lo * a
+        cls = [(self.Z0 + p, float(rv.alpha[p])) for p in range(m)] + [(Wc, -lift)]
+        for p in range(m):
+            cls += self.used(p, -float((rv.alpha[p] - a) * rv.f[p] + a * rv.ta))
+        self.add(cls, -lift * rv.ta, inf)
+        self.add([k for p in range(m) for k in self.used(p)], rv.k_lo, inf)
+
+    def cutoff(self, value: float) -> None:
+        """Only plans whose objective is below value: a MILP with nothing below it is infeasible."""
+        cost = self.h.getLp().col_cost_
+        self.add([(k, float(v)) for k, v in enumerate(cost) if v != 0.0], -self.hs.kHighsInf, value * self.scale)
+
     def integrality(self, integer: bool) -> None:
         t = self.hs.HighsVarType.kInteger if integer else self.hs.HighsVarType.kContinuous
         cont = self.hs.HighsVarType.kContinuous
-        types = np.array([t] * self.U0 + [cont] * self.m)
+        types = np.array([t] * self.U0 + [cont] * (self.nv - self.U0))
         self.h.changeColsIntegrality(self.nv, np.arange(self.nv, dtype=np.int32), types)
 
     def solve(self) -> tuple[str, np.ndarray | None, float]:
@@ -183,6 +240,12 @@ class _Model:
             x[self.U0 + q] = u
             src = q
         x[self.arc_id[(src, m)]] = 1
+        rv = self.reserve
+        if rv is not None:
+            W = path_cost(rv.wall, path)
+            x[self.Z0 + m] = W
+            for q, _, _ in path:
+                x[self.Z0 + q] = max(W, rv.f[q])
         sol = self.hs.HighsSolution()
         sol.col_value = list(x)
         self.h.setSolution(sol)
@@ -199,25 +262,34 @@ class _Model:
 
 
 def route_cut(c: Costs, caps: dict[str, np.ndarray], L: int, incumbent: list[tuple[int, int, str]] | None,
-              cut_rounds: int = CUT_ROUNDS, milp_nodes: int = MILP_NODES) -> RouteCut:
+              cut_rounds: int = CUT_ROUNDS, milp_nodes: int = MILP_NODES, reserve: Reserve | None = None,
+              price=None, cutoff: float = INF) -> RouteCut:
     """The least additive cost c over elementary plans (see the module's docstring), or the best plan and
-    bound found within the budgets."""
-    ub = path_cost(c, incumbent) if incumbent is not None else INF
-    scale = 1e6 / ub if math.isfinite(ub) and ub > 0 else 1e6
-    model = _Model(c, caps, L, scale)
+    bound found within the budgets. With `reserve`, the reserved carbon over one wall-time interval, each
+    plan's value given by `price` (f), the incumbent one that meets the interval. With a finite `cutoff`
+    the bound is settled as soon as it reaches the cutoff (bound >= cutoff: nothing below it)."""
+    price = price or (lambda path: path_cost(c, path))
+    ub = price(incumbent) if incumbent is not None else INF
+    target = min(ub, cutoff)
+    scale = 1e6 / target if math.isfinite(target) and target > 0 else 1e6
+    model = _Model(c, caps, L, scale, reserve)
     model.integrality(False)
     stats = {"method": "branch and cut", "cut_rounds": 0, "cuts": 0}
     bound = -INF
+    if incumbent is None and math.isfinite(cutoff):
+        model.cutoff(cutoff)  # infeasible from here on means: nothing below the cutoff
+    nothing = cutoff if math.isfinite(cutoff) else INF  # the bound when the model is infeasible
     for _ in range(cut_rounds):
         status, x, value = model.solve()
         if x is None or status != "kOptimal":
             if status == "infeasible":
-                return RouteCut(None, INF, INF, False, stats)
+                return RouteCut(incumbent, ub, nothing, False, stats)
             break
         bound = max(bound, value)
         stats["cut_rounds"] += 1
-        if bound >= ub * (1 - MIP_GAP):  # the incumbent meets the bound: it is optimal
-            return RouteCut(incumbent, ub, ub, True, stats | {"lp_bound": bound})
+        if bound >= target * (1 - MIP_GAP):  # the incumbent (or cutoff) meets the bound
+            proven = incumbent is not None and bound >= ub * (1 - MIP_GAP)
+            return RouteCut(incumbent, ub, ub if proven else bound, proven, stats | {"lp_bound": bound})
         found = model.cuts(x)
         if not found:
             break
@@ -230,6 +302,8 @@ def route_cut(c: Costs, caps: dict[str, np.ndarray], L: int, incumbent: list[tup
     if incumbent is not None:
         model.start(incumbent)
     status, x, _ = model.solve()
+    if status == "infeasible":
+        return RouteCut(incumbent, ub, nothing, False, stats)
     info = model.h.getInfo()
     stats["milp_nodes"] = int(info.mip_node_count)
     dual = info.mip_dual_bound / scale
@@ -239,10 +313,10 @@ def route_cut(c: Costs, caps: dict[str, np.ndarray], L: int, incumbent: list[tup
     feasible = int(model.hs.SolutionStatus.kSolutionStatusFeasible)
     if x is not None and info.primal_solution_status == feasible:  # an integer point: a single route
         found = model.route(x)
-        cost = path_cost(c, found)
+        cost = price(found)
         if cost < value:
             path, value = found, cost
     proven = status == "kOptimal" and path is not None
-    if proven:
-        bound = value
-    return RouteCut(path, value, min(bound, value), proven, stats)
+    if proven:  # the MILP's optimum: with a Reserve, its value bounds f over the interval and path's f meets it
+        bound = max(bound, value) if reserve is not None else value
+    return RouteCut(path, value, bound if reserve is not None else min(bound, value), proven, stats)
