@@ -143,7 +143,7 @@ def test_reserved_model_is_exact_on_every_plan_of_its_interval():
     """routecut.Reserve prices a plan at sum_p alpha_p max(W, f_p) + B: f itself when the plan's wall
     time is in the interval. Offered one plan as its incumbent and restricted to that plan's peers and
     order (every other hop forbidden), the model returns that plan with f exactly and proves it."""
-    from prismn.placement.intervals import IntervalSearch, _take
+    from prismn.placement.intervals import IntervalSearch
     from prismn.placement.routecut import Reserve
     from prismn.placement.search import INF, Costs
 
@@ -164,7 +164,7 @@ def test_reserved_model_is_exact_on_every_plan_of_its_interval():
     S = Costs(it.Rw, it.Fw, HW)
     for ta, tb in ((W * 0.9, W * 1.1), (W, W), (W * 0.5, W * 3)):
         rv = Reserve(it.alpha, S, np.full(m, ta), ta, tb, len(path))
-        cut = route_cut(Costs(it.Rb, _take(it.Fb, np.arange(m)), np.where(np.isfinite(HW), 0.0, INF)), it.caps,
+        cut = route_cut(Costs(it.Rb, it.Fb, np.where(np.isfinite(HW), 0.0, INF)), it.caps,
                         eng.L, path, reserve=rv, price=lambda p: it.evaluate(p)[3])
         assert cut.proven and cut.value == pytest.approx(f, rel=1e-12)
         assert cut.bound == pytest.approx(f, rel=1e-6)

@@ -142,7 +142,6 @@ class IntervalSearch:
         self.lagrangians = 0  # intervals that took the DSSR-relaxed Lagrangian dual
         self._fastest_plans: list = []  # (peers, fastest plan over them, its wall time): see _fastest_in
         self.k_lo = 1  # every plan the intervals must still bound has at least this many stages
-        self.k_min = fewest_stages(self.caps, self.L)  # no plan has fewer stages (its layers would not fit)
         self.route_cuts: list[dict] = []  # the stats of each interval bounded by branch and cut (deep sets)
         self.best: list[tuple[int, int, str]] | None = None  # the incumbent: every plan a bound meets is offered
         self.U = INF
@@ -195,7 +194,7 @@ class IntervalSearch:
                                         as_i64(np.minimum(self.caps["last"], L)), int(L), float(self.w_max))
             if p >= 0:
                 self.offer([(int(p), int(n), "first"), (int(q), L - int(n), "last")])
-        self.k_lo = max(FEW_STAGES + 1, self.k_min)
+        self.k_lo = max(FEW_STAGES + 1, fewest_stages(self.caps, L))  # no plan has fewer stages than that
 
     def price_three_stages(self, sub: np.ndarray) -> None:
         """Offer the best three-stage plan over the peers `sub` (local indices): every ordered triple, each
@@ -387,10 +386,8 @@ class IntervalSearch:
     def _route_cut(self, sub: np.ndarray, caps: dict[str, np.ndarray], ta: float, tb: float, value: float):
         """LB(ta, tb) exactly by branch and cut (routecut.Reserve: f itself over the interval's plans of the
         class, linear through one McCormick column per peer): (bound, plan, exact) as bound() returns."""
-        w = np.append(sub, self.m)
-        HW = self.HW[np.ix_(w, w)]
-        B = Costs(self.Rb[sub], _take(self.Fb, sub), np.where(np.isfinite(HW), 0.0, INF))
-        S = Costs(self.Rw[sub], _take(self.Fw, sub), HW)
+        S = _restrict(self.wall_costs, sub)
+        B = Costs(self.Rb[sub], _take(self.Fb, sub), np.where(np.isfinite(S.W), 0.0, INF))  # B has no hop terms
         rv = routecut.Reserve(self.alpha[sub], S, np.maximum(ta, self.floor[sub]), ta, tb, self.k_lo)
         at = {int(g): i for i, g in enumerate(sub)}
         inc = None  # the incumbent, when the interval's model admits it
